@@ -1,0 +1,46 @@
+# tinyserve: `make serve` and `make test` set everything up on first use (a .venv in the repo).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test lint format train bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving needs only bentoml, onnxruntime, numpy and pydantic: no torch.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve]'
+	@touch $@
+
+# Everything: serving, training (torch==2.13.0 from local disk), client, and the dev tools.
+$(VENV)/.all: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve,train,client,dev]'
+	@touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
+	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.all lint  ## install everything, lint, run the whole test suite
+	$(BIN)/pytest
+
+lint: $(VENV)/.all  ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.all  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+train: $(VENV)/.all  ## retrain and re-export all four models into models/
+	$(BIN)/python -m training
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

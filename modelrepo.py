@@ -1,0 +1,182 @@
+"""The model repository: `models/<name>/<version>/{model.onnx, card.json}`.
+
+This is the one contract shared by training (writes), the service and the client (read). It imports
+nothing beyond the standard library so that every side can use it without torch or bentoml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+CARD_SCHEMA_VERSION = 1
+
+
+class ModelRepositoryError(Exception):
+    """A model directory is missing, malformed, or does not match its card."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a model; -1 marks the dynamic batch axis."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(s) for s in d["shape"]))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a served model is, how it was made and how well it does. No wall-clock values."""
+
+    name: str
+    version: str
+    task: str  # "regression" | "binary-classification" | "multiclass-classification"
+    description: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: dict[str, Any]
+    recipe: dict[str, Any]
+    seed: int
+    metrics: dict[str, float]
+    data: dict[str, Any]
+    sha256: str
+    opset: int
+    producer: dict[str, str]
+    labels: tuple[str, ...] | None = None
+    schema_version: int = CARD_SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]
+        d["outputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.outputs]
+        d["labels"] = list(self.labels) if self.labels is not None else None
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        try:
+            labels = d.get("labels")
+            return cls(
+                name=str(d["name"]),
+                version=str(d["version"]),
+                task=str(d["task"]),
+                description=str(d["description"]),
+                inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+                preprocessing=dict(d["preprocessing"]),
+                recipe=dict(d["recipe"]),
+                seed=int(d["seed"]),
+                metrics={k: float(v) for k, v in d["metrics"].items()},
+                data=dict(d["data"]),
+                sha256=str(d["sha256"]),
+                opset=int(d["opset"]),
+                producer={k: str(v) for k, v in d["producer"].items()},
+                labels=tuple(str(x) for x in labels) if labels is not None else None,
+                schema_version=int(d.get("schema_version", CARD_SCHEMA_VERSION)),
+                extra=dict(d.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelRepositoryError(f"malformed card: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One version of one model on disk."""
+
+    card: ModelCard
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_card(card: ModelCard, directory: Path) -> Path:
+    path = directory / CARD_FILE
+    path.write_text(card.to_json(), encoding="utf-8")
+    return path
+
+
+def read_card(directory: Path) -> ModelCard:
+    path = directory / CARD_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelRepositoryError(f"{path}: card not found") from e
+    except json.JSONDecodeError as e:
+        raise ModelRepositoryError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ModelRepositoryError(f"{path}: expected a JSON object")
+    try:
+        return ModelCard.from_dict(raw)
+    except ModelRepositoryError as e:
+        raise ModelRepositoryError(f"{path}: {e}") from e
+
+
+def verify(entry: ModelEntry) -> None:
+    """Raise ModelRepositoryError naming the file if it is missing or its sha256 differs from the card."""
+    path = entry.model_path
+    if not path.is_file():
+        raise ModelRepositoryError(f"{path}: model file is missing")
+    actual = sha256_file(path)
+    if actual != entry.card.sha256:
+        raise ModelRepositoryError(
+            f"{path}: sha256 mismatch (card says {entry.card.sha256}, file has {actual}); "
+            "the file was modified or the card is stale"
+        )
+
+
+def _version_key(version: str) -> tuple[int, int | str]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def discover(root: Path) -> list[ModelEntry]:
+    """Every `<root>/<name>/<version>/card.json`, sorted by name then version (numeric versions first)."""
+    if not root.is_dir():
+        raise ModelRepositoryError(f"{root}: model repository directory not found")
+    entries = []
+    for card_path in sorted(root.glob(f"*/*/{CARD_FILE}")):
+        directory = card_path.parent
+        card = read_card(directory)
+        if (card.name, card.version) != (directory.parent.name, directory.name):
+            raise ModelRepositoryError(
+                f"{card_path}: card names {card.name}/{card.version} but lives in "
+                f"{directory.parent.name}/{directory.name}"
+            )
+        entries.append(ModelEntry(card=card, directory=directory))
+    return sorted(entries, key=lambda e: (e.name, _version_key(e.version)))
+
+
+def latest(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
+    """The newest version of each model name (entries as sorted by `discover`)."""
+    return {e.name: e for e in entries}

@@ -1,0 +1,1 @@
+"""The tinyserve prediction service (BentoML + ONNX Runtime)."""
