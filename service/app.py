@@ -1,0 +1,199 @@
+"""The tinyserve BentoML service: typed `/v1` routes over ONNX Runtime sessions.
+
+Each request goes validate (schemas) -> batch (batching) -> run (runtime) -> encode. Sessions are built
+once, at start-up, after every model file is verified against its card and warmed up; `/readyz`
+answers 200 only then.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from bentoml.validators import ContentType
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from service import images
+from service.batching import Batcher
+from service.errors import ApiError, install_log_filter
+from service.middleware import GuardMiddleware
+from service.runtime import LoadedModel, load_repository
+from service.schemas import (
+    BlobsRequest,
+    BlobsResponse,
+    LenetImageResponse,
+    LenetRequest,
+    LenetResponse,
+    LinearRequest,
+    ModelInfo,
+    ModelList,
+    MultilinearRequest,
+    RegressionResponse,
+)
+from service.settings import Settings
+
+logger = logging.getLogger("bentoml.tinyserve")
+SETTINGS = Settings()
+
+catalog = FastAPI(title="tinyserve model catalog")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
+    """Validated 32x32 / 28x28 images -> (N, 1, 32, 32); 28x28 are zero-padded by 2 on each side."""
+    batch = np.zeros((len(images_), 1, 32, 32), dtype=np.float32)
+    for i, image in enumerate(images_):
+        pad = (32 - len(image)) // 2
+        batch[i, 0, pad : 32 - pad, pad : 32 - pad] = image
+    return batch
+
+
+@bentoml.service(
+    name="tinyserve",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 30},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(catalog, path="/v1")
+class TinyServe:
+    def __init__(self) -> None:
+        install_log_filter()
+        self.settings = SETTINGS
+        self.models: dict[str, LoadedModel] = load_repository(self.settings)
+        self.batchers = {
+            key: Batcher(
+                model,
+                enabled=self.settings.batching,
+                max_rows=self.settings.max_batch_rows,
+                max_latency_ms=self.settings.max_latency_ms,
+            )
+            for key, model in self.models.items()
+            if "/" in key
+        }
+        logger.info("ready: %s", ", ".join(k for k in self.models if "/" in k))
+
+    def __is_ready__(self) -> bool:
+        return bool(self.models)
+
+    async def _infer(self, name: str, x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
+        model = self.models[name]
+        return model, await self.batchers[f"{model.name}/{model.version}"](x)
+
+    @bentoml.api(route="/v1/linear/predict")
+    async def predict_linear(self, request: LinearRequest, /) -> RegressionResponse:
+        """Simple linear regression: y = b + w*x (the model fitted y = 7x + 5 + noise)."""
+        model, y = await self._infer("linear", np.asarray(request.x, dtype=np.float32).reshape(-1, 1))
+        return RegressionResponse(model=model.name, version=model.version, y=y.ravel().tolist())
+
+    @bentoml.api(route="/v1/multilinear/predict")
+    async def predict_multilinear(self, request: MultilinearRequest, /) -> RegressionResponse:
+        """Multivariate linear regression: three exam scores -> final score."""
+        model, y = await self._infer("multilinear", np.asarray(request.x, dtype=np.float32))
+        return RegressionResponse(model=model.name, version=model.version, y=y.ravel().tolist())
+
+    @bentoml.api(route="/v1/blobs/predict")
+    async def predict_blobs(self, request: BlobsRequest, /) -> BlobsResponse:
+        """XOR blobs classifier: label and P(label 1) per 2-D point."""
+        model, p = await self._infer("blobs", np.asarray(request.x, dtype=np.float32))
+        p = p.ravel()
+        return BlobsResponse(
+            model=model.name,
+            version=model.version,
+            labels=(p > 0.5).astype(int).tolist(),
+            probabilities=p.tolist(),
+        )
+
+    @bentoml.api(route="/v1/lenet/predict")
+    async def predict_lenet(self, request: LenetRequest, /) -> LenetResponse:
+        """LeNet-5 digits: 32x32 or 28x28 images in [0, 1], ink high -> digit and probabilities."""
+        model, logits = await self._infer("lenet", lenet_batch(request.images))
+        probabilities = softmax(logits)
+        return LenetResponse(
+            model=model.name,
+            version=model.version,
+            labels=probabilities.argmax(axis=1).tolist(),
+            probabilities=probabilities.tolist(),
+        )
+
+    @bentoml.api(route="/v1/lenet/predict-image")
+    async def predict_lenet_image(
+        self, image: Annotated[Path, ContentType("image/*")]
+    ) -> LenetImageResponse:
+        """One uploaded PNG or JPEG of a digit (any size, dark-on-light or light-on-dark) -> digit."""
+        try:
+            x = images.to_lenet_input(image.read_bytes())
+        except images.ImageRejected as e:
+            raise ApiError(e.status, str(e)) from e
+        model, logits = await self._infer("lenet", x[None])
+        probabilities = softmax(logits)[0]
+        return LenetImageResponse(
+            model=model.name,
+            version=model.version,
+            label=int(probabilities.argmax()),
+            probabilities=probabilities.tolist(),
+        )
+
+    def model_info(self, name: str) -> ModelInfo:
+        model = self.models[name]
+        versions = [k.split("/")[1] for k in self.models if k.startswith(f"{name}/")]
+        return ModelInfo(
+            name=model.name,
+            version=model.version,
+            versions=versions,
+            provider=model.provider,
+            ready=True,
+            card=model.entry.card.to_dict(),
+        )
+
+    def model_names(self) -> list[str]:
+        return [k for k in self.models if "/" not in k]
+
+
+def _service() -> TinyServe:
+    service: TinyServe = bentoml.get_current_service()
+    return service
+
+
+@catalog.get("/models", response_model=ModelList, summary="Every served model, its card and provider")
+def list_models() -> ModelList:
+    service = _service()
+    return ModelList(models=[service.model_info(n) for n in service.model_names()])
+
+
+@catalog.get(
+    "/models/{name}",
+    response_model=ModelInfo,
+    summary="One model: its card, versions, provider in use and readiness",
+    responses={404: {"description": "unknown model"}},
+)
+def get_model(name: str) -> ModelInfo | JSONResponse:
+    service = _service()
+    if name not in service.model_names():
+        return _unknown_model(name, service)
+    return service.model_info(name)
+
+
+@catalog.post("/{name}/predict", include_in_schema=False)
+def unknown_model_predict(name: str) -> JSONResponse:
+    return _unknown_model(name, _service())
+
+
+def _unknown_model(name: str, service: TinyServe) -> JSONResponse:
+    known = ", ".join(service.model_names())
+    return JSONResponse(status_code=404, content={"error": f"unknown model {name!r}: expected one of {known}"})
+
+
+TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
+    GuardMiddleware,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    api_token=SETTINGS.api_token.get_secret_value() if SETTINGS.api_token else None,
+)

@@ -1,0 +1,40 @@
+"""Per-model Prometheus metrics, exported on /metrics beside BentoML's own."""
+
+from __future__ import annotations
+
+import bentoml
+
+_LABELS = ["model", "version"]
+
+ROWS = bentoml.metrics.Counter(
+    name="tinyserve_rows_inferred_total",
+    documentation="Rows run through ONNX Runtime",
+    labelnames=_LABELS,
+)
+BATCH_ROWS = bentoml.metrics.Histogram(
+    name="tinyserve_batch_rows",
+    documentation="Rows per ONNX Runtime call (adaptive batching merges requests)",
+    labelnames=_LABELS,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+)
+INFERENCE_SECONDS = bentoml.metrics.Histogram(
+    name="tinyserve_inference_seconds",
+    documentation="Wall time of one ONNX Runtime call",
+    labelnames=_LABELS,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+PROVIDER = bentoml.metrics.Gauge(
+    name="tinyserve_model_provider",
+    documentation="1 for the execution provider each model runs on",
+    labelnames=[*_LABELS, "provider"],
+)
+
+
+def observe_inference(model: str, version: str, rows: int, seconds: float) -> None:
+    ROWS.labels(model=model, version=version).inc(rows)
+    BATCH_ROWS.labels(model=model, version=version).observe(rows)
+    INFERENCE_SECONDS.labels(model=model, version=version).observe(seconds)
+
+
+def set_provider(model: str, version: str, provider: str) -> None:
+    PROVIDER.labels(model=model, version=version, provider=provider).set(1)

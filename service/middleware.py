@@ -1,0 +1,158 @@
+"""One pure-ASGI guard in front of every route: token, content type, body size, error envelope.
+
+Pure ASGI (not BaseHTTPMiddleware) so that a body over the limit is refused before it is read whole,
+with a Content-Length or without one (chunked), and so that nothing is buffered on the happy path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from service.errors import envelope, normalise
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# POST routes that run a model, and the content type each takes
+JSON_ROUTE = re.compile(r"^/v1/[^/]+/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+UPLOAD_ROUTE = re.compile(r"^/v1/lenet/predict-image$")
+
+
+def _content_type(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            return str(value.decode("latin-1").split(";")[0].strip().lower())
+    return ""
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None = None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.token = api_token.encode() if api_token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        is_json, is_upload = bool(JSON_ROUTE.match(path)), bool(UPLOAD_ROUTE.match(path))
+        if method == "POST" and (is_json or is_upload):
+            refusal = self._refuse(scope, is_upload)
+            if refusal is not None:
+                await _respond(send, *refusal)
+                return
+            receive = await self._limited(scope, receive, send)
+            if receive is None:
+                return
+        await self.app(scope, receive, _enveloping(send, method, path))
+
+    def _refuse(self, scope: Scope, is_upload: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        if self.token is not None:
+            given = _header(scope, b"authorization") or b""
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+                message = "missing or invalid API token: send 'Authorization: Bearer <token>'"
+                return 401, envelope(message), [(b"www-authenticate", b"Bearer")]
+        wanted = "multipart/form-data" if is_upload else "application/json"
+        got = _content_type(scope)
+        if got != wanted and not (not is_upload and got == ""):
+            return 415, envelope(f"unsupported content type {got or '(none)'!r}: expected {wanted}"), []
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return 413, envelope(self._too_large(length.decode("latin-1"))), []
+        return None
+
+    def _too_large(self, got: str) -> str:
+        return f"request body too large: {got} bytes, the limit is {self.max_body_bytes} (TINYSERVE_MAX_BODY_BYTES)"
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """With a Content-Length within the limit, stream through; without one, read and count first."""
+        if _header(scope, b"content-length") is not None:
+            return receive
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await _respond(send, 413, envelope(self._too_large(f"more than {self.max_body_bytes}")), [])
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def _enveloping(send: Send, method: str, path: str) -> Send:
+    """Error responses (>= 400) are held, rewritten into the envelope, and sent with a new length."""
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = normalise(held["status"], b"".join(chunks), method, path)
+        headers = [(k, v) for k, v in held["headers"] if k not in (b"content-length", b"content-type")]
+        await send(
+            held
+            | {
+                "headers": [
+                    *headers,
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+

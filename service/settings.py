@@ -1,0 +1,40 @@
+"""Every knob of the service, read once from `TINYSERVE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# models/ beside this package: the repo root from source, the bento's src/ from a built bento.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TINYSERVE_", frozen=True)
+
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="model repository: <name>/<version>/model.onnx")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else CPU; cuda: refuse to start without CUDA"
+    )
+    workers: int = Field(1, ge=1, description="server worker processes")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = CPU cores / workers"
+    )
+    batching: bool = Field(True, description="merge concurrent requests into larger ONNX Runtime calls")
+    max_batch_rows: int = Field(256, ge=1, description="most rows in one merged ONNX Runtime call")
+    max_latency_ms: int = Field(
+        1000, ge=1, description="a queued request older than this is shed with 503 (batching only)"
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    api_token: SecretStr | None = Field(
+        None, description="when set, predict routes require 'Authorization: Bearer <token>'"
+    )
+
+    def intra_op_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
