@@ -1,5 +1,8 @@
 """The tinyserve BentoML service: typed `/v1` routes over ONNX Runtime sessions.
 
+The JSON predict routes are BentoML APIs; the GET catalog and the image upload are a small FastAPI app
+mounted at /v1 (service.v1), on the same server, sessions and batchers.
+
 Each request goes validate (schemas) -> batch (batching) -> run (runtime) -> encode. Sessions are built
 once, at start-up, after every model file is verified against its card and warmed up; `/readyz`
 answers 200 only then.
@@ -8,18 +11,13 @@ answers 200 only then.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Annotated
 
 import bentoml
 import numpy as np
-from bentoml.validators import ContentType
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
-from service import images
+from service import images, v1
 from service.batching import Batcher
-from service.errors import ApiError, install_log_filter
+from service.errors import install_log_filter
 from service.middleware import GuardMiddleware
 from service.runtime import LoadedModel, load_repository
 from service.schemas import (
@@ -30,7 +28,6 @@ from service.schemas import (
     LenetResponse,
     LinearRequest,
     ModelInfo,
-    ModelList,
     MultilinearRequest,
     RegressionResponse,
 )
@@ -38,8 +35,6 @@ from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
 SETTINGS = Settings()
-
-catalog = FastAPI(title="tinyserve model catalog")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,7 +58,7 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
     traffic={"timeout": 30},
     metrics={"enabled": True},
 )
-@bentoml.asgi_app(catalog, path="/v1")
+@bentoml.asgi_app(v1.app, path="/v1")
 class TinyServe:
     def __init__(self) -> None:
         install_log_filter()
@@ -124,15 +119,9 @@ class TinyServe:
             probabilities=probabilities.tolist(),
         )
 
-    @bentoml.api(route="/v1/lenet/predict-image")
-    async def predict_lenet_image(
-        self, image: Annotated[Path, ContentType("image/*")]
-    ) -> LenetImageResponse:
-        """One uploaded PNG or JPEG of a digit (any size, dark-on-light or light-on-dark) -> digit."""
-        try:
-            x = images.to_lenet_input(image.read_bytes())
-        except images.ImageRejected as e:
-            raise ApiError(e.status, str(e)) from e
+    async def predict_image(self, data: bytes) -> LenetImageResponse:
+        """An uploaded PNG or JPEG of one digit -> digit (served by service.v1, FastAPI parses the upload)."""
+        x = images.to_lenet_input(data)  # raises images.ImageRejected with its status
         model, logits = await self._infer("lenet", x[None])
         probabilities = softmax(logits)[0]
         return LenetImageResponse(
@@ -156,40 +145,6 @@ class TinyServe:
 
     def model_names(self) -> list[str]:
         return [k for k in self.models if "/" not in k]
-
-
-def _service() -> TinyServe:
-    service: TinyServe = bentoml.get_current_service()
-    return service
-
-
-@catalog.get("/models", response_model=ModelList, summary="Every served model, its card and provider")
-def list_models() -> ModelList:
-    service = _service()
-    return ModelList(models=[service.model_info(n) for n in service.model_names()])
-
-
-@catalog.get(
-    "/models/{name}",
-    response_model=ModelInfo,
-    summary="One model: its card, versions, provider in use and readiness",
-    responses={404: {"description": "unknown model"}},
-)
-def get_model(name: str) -> ModelInfo | JSONResponse:
-    service = _service()
-    if name not in service.model_names():
-        return _unknown_model(name, service)
-    return service.model_info(name)
-
-
-@catalog.post("/{name}/predict", include_in_schema=False)
-def unknown_model_predict(name: str) -> JSONResponse:
-    return _unknown_model(name, _service())
-
-
-def _unknown_model(name: str, service: TinyServe) -> JSONResponse:
-    known = ", ".join(service.model_names())
-    return JSONResponse(status_code=404, content={"error": f"unknown model {name!r}: expected one of {known}"})
 
 
 TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]

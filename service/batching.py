@@ -8,7 +8,7 @@ rows (splitting a request that does not fit), and sheds requests that waited pas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import anyio
@@ -37,15 +37,13 @@ class Batcher:
             get_batch_size=len,
             batch_dim=(0, 0),
         )
-        self._dispatch = dispatcher(self._run_merged)
+        self._dispatch: Callable[[np.ndarray], Awaitable[np.ndarray]] = dispatcher(self._run_merged)  # type: ignore[arg-type,assignment]
         self._limiter = anyio.CapacityLimiter(1)  # one ORT call per model at a time
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return await anyio.to_thread.run_sync(self.model.run, x, limiter=self._limiter)
-        out = await self._dispatch(x)
-        result: np.ndarray = out
-        return result
+        return await self._dispatch(x)
 
     async def _run_merged(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
         merged = parts[0] if len(parts) == 1 else np.concatenate(parts)

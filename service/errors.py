@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
-from service.schemas import explain
+BENTOML_VALIDATION = re.compile(r"^\d+ validation errors? for ")
 
 
 class ApiError(BentoMLException):
@@ -37,7 +38,7 @@ def normalise(status: int, body: bytes, method: str, path: str) -> bytes:
         data = data[0]  # BentoML answers a raised BentoMLException with a one-element list
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         detail = data.get("detail")
-        if status == 400 and isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        if BENTOML_VALIDATION.match(data["error"]) and isinstance(detail, list) and detail:
             return envelope(_validation_message(detail), detail)  # "1 validation error for X" says little
         return envelope(data["error"], detail if isinstance(detail, list) else None)
     if status == 404:
@@ -55,15 +56,7 @@ def _validation_message(detail: list[dict[str, Any]]) -> str:
         return str(first["msg"])
     if first.get("type") == "json_invalid":
         return f"request body is not valid JSON: {first.get('msg', '').removeprefix('Invalid JSON: ')}"
-    return "; ".join(explain(d | {"input": d.get("input", _NO_INPUT)}, ()) for d in detail[:3])
-
-
-class _NoInput:
-    def __repr__(self) -> str:
-        return "?"
-
-
-_NO_INPUT = _NoInput()
+    return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}" for d in detail[:3])
 
 
 class ClientErrorFilter(logging.Filter):
@@ -78,4 +71,3 @@ class ClientErrorFilter(logging.Filter):
 
 def install_log_filter() -> None:
     logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
-

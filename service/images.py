@@ -61,12 +61,12 @@ def decode(data: bytes) -> np.ndarray:
                     f"image: expected at most {MAX_SIDE}x{MAX_SIDE} pixels, got {image.size[0]}x{image.size[1]}",
                     status=413,
                 )
-            image = ImageOps.exif_transpose(image).convert("L")
+            gray = ImageOps.exif_transpose(image).convert("L")
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected(f"image: expected a PNG or JPEG image, got undecodable data ({e})", 415) from e
+        raise ImageRejected("image: expected a PNG or JPEG image, got data that is not an image", 415) from e
     except OSError as e:  # truncated or corrupt files
         raise ImageRejected(f"image: the file is damaged or truncated ({e})") from e
-    return np.asarray(image, dtype=np.float32) / 255.0
+    return np.asarray(gray, dtype=np.float32) / 255.0
 
 
 def ink_high(gray: np.ndarray) -> np.ndarray:
@@ -92,4 +92,5 @@ def to_lenet_input(data: bytes) -> np.ndarray:
     top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
     square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
     blocks = np.asarray(Image.fromarray(square).resize((8, 8), Image.Resampling.BOX))
-    return (_UPSCALE @ blocks @ _UPSCALE.T).astype(np.float32)[None]  # as training upscaled the 8x8 digits
+    upscaled: np.ndarray = (_UPSCALE @ blocks @ _UPSCALE.T).astype(np.float32)
+    return upscaled[None]  # as training upscaled the 8x8 digits

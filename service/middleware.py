@@ -55,9 +55,10 @@ class GuardMiddleware:
             if refusal is not None:
                 await _respond(send, *refusal)
                 return
-            receive = await self._limited(scope, receive, send)
-            if receive is None:
+            limited = await self._limited(scope, receive, send)
+            if limited is None:
                 return
+            receive = limited
         await self.app(scope, receive, _enveloping(send, method, path))
 
     def _refuse(self, scope: Scope, is_upload: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
@@ -126,16 +127,12 @@ def _enveloping(send: Send, method: str, path: str) -> Send:
             return
         body = normalise(held["status"], b"".join(chunks), method, path)
         headers = [(k, v) for k, v in held["headers"] if k not in (b"content-length", b"content-type")]
-        await send(
-            held
-            | {
-                "headers": [
-                    *headers,
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-            }
-        )
+        held["headers"] = [
+            *headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send(held)
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
@@ -155,4 +152,3 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
         }
     )
     await send({"type": "http.response.body", "body": body})
-

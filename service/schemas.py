@@ -100,7 +100,7 @@ class Request(BaseModel):
             return handler(data)
         except ValidationError as e:
             errors = e.errors(include_url=False)
-            sentences = [explain(err, tuple(cls.model_fields)) for err in errors[: cls.max_explained]]
+            sentences = [explain(dict(err), tuple(cls.model_fields)) for err in errors[: cls.max_explained]]
             if len(errors) > cls.max_explained:
                 sentences.append(f"and {len(errors) - cls.max_explained} more errors")
             raise PydanticCustomError("invalid_request", "; ".join(sentences)) from None
@@ -162,13 +162,16 @@ class LenetRequest(Request):
 class LenetResponse(Reply):
     labels: list[int] = Field(description="predicted digit per image", examples=[[7]])
     probabilities: list[list[float]] = Field(
-        description="softmax over the digits 0-9, one list of 10 per image", examples=[[[0.0] * 7 + [1.0, 0.0, 0.0]]]
+        description="softmax over the digits 0-9, one list of 10 per image",
+        examples=[[[0.0] * 7 + [1.0, 0.0, 0.0]]],
     )
 
 
 class LenetImageResponse(Reply):
     label: int = Field(description="predicted digit", examples=[7])
-    probabilities: list[float] = Field(description="softmax over the digits 0-9", examples=[[0.0] * 7 + [1.0, 0.0, 0.0]])
+    probabilities: list[float] = Field(
+        description="softmax over the digits 0-9", examples=[[0.0] * 7 + [1.0, 0.0, 0.0]]
+    )
 
 
 class TensorInfo(BaseModel):

@@ -21,9 +21,7 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA when available, else CPU; cuda: refuse to start without CUDA"
     )
     workers: int = Field(1, ge=1, description="server worker processes")
-    threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = CPU cores / workers"
-    )
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = CPU cores / workers")
     batching: bool = Field(True, description="merge concurrent requests into larger ONNX Runtime calls")
     max_batch_rows: int = Field(256, ge=1, description="most rows in one merged ONNX Runtime call")
     max_latency_ms: int = Field(

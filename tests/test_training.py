@@ -177,6 +177,4 @@ def test_cli_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exit_info:
         train_main(["resnet"])
     assert exit_info.value.code == 2
-    assert (
-        "unknown model resnet: expected any of linear, multilinear, blobs, lenet" in capsys.readouterr().err
-    )
+    assert "unknown model resnet: expected any of linear, multilinear, blobs, lenet" in capsys.readouterr().err

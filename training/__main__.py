@@ -30,12 +30,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help=f"models to train, any of {', '.join(recipes.NAMES)} (default: all)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="random seed (default: each model's pinned seed)"
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)"
-    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: each model's pinned seed)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)")
     parser.add_argument(
         "--out", type=Path, default=Path("models"), help="model repository to write into (default: models)"
     )

@@ -58,9 +58,7 @@ def _mnist_part(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tenso
         return None
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
-        raise ValueError(
-            f"{directory}: expected N x 28 x 28 images and N labels, got {x.shape} and {y.shape}"
-        )
+        raise ValueError(f"{directory}: expected N x 28 x 28 images and N labels, got {x.shape} and {y.shape}")
     # 28x28 padded to 32x32, as LeNet-5 was originally trained on MNIST
     padded = np.pad(x.astype(np.float32) / 255.0, ((0, 0), (2, 2), (2, 2)))
     return torch.from_numpy(padded).unsqueeze(1), torch.from_numpy(y.astype(np.int64))

@@ -108,8 +108,7 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
     _plot_confusion(confusion, losses, out / "lenet_confusion.png")
     _plot_mistakes(x_test, y_test, predicted, out / "lenet_misclassified.png")
     source = (
-        "scikit-learn digits (1797 real handwritten 8x8 digits), /16, bilinear upscale to 32x32, "
-        "stratified 80/20 split"
+        "scikit-learn digits (1797 real handwritten 8x8 digits), /16, bilinear upscale to 32x32, stratified 80/20 split"
         if recipe.data == "digits"
         else "MNIST IDX files, /255, 28x28 zero-padded to 32x32"
     )
@@ -142,9 +141,7 @@ def _plot_confusion(confusion: np.ndarray, losses: list[float], path: Path) -> N
     left.imshow(confusion, cmap="Blues")
     for (i, j), n in np.ndenumerate(confusion):
         if n:
-            left.text(
-                j, i, str(n), ha="center", va="center", color="white" if n > confusion.max() / 2 else "k"
-            )
+            left.text(j, i, str(n), ha="center", va="center", color="white" if n > confusion.max() / 2 else "k")
     left.set_xticks(range(10))
     left.set_yticks(range(10))
     left.set_xlabel("predicted")
