@@ -19,7 +19,7 @@ from service import images, v1
 from service.batching import Batcher
 from service.errors import install_log_filter
 from service.middleware import GuardMiddleware
-from service.runtime import LoadedModel, load_repository
+from service.runtime import LoadedModel, load_repository, preflight
 from service.schemas import (
     BlobsRequest,
     BlobsResponse,
@@ -35,6 +35,7 @@ from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
 SETTINGS = Settings()
+preflight(SETTINGS)  # a tampered model or a missing provider stops `bentoml serve` here, not in a restart loop
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

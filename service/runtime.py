@@ -97,13 +97,25 @@ def load_model(entry: modelrepo.ModelEntry, settings: Settings) -> LoadedModel:
     return model
 
 
-def load_repository(settings: Settings) -> dict[str, LoadedModel]:
-    """Every version of every model, verified and warmed; keyed by 'name' (latest) and 'name/version'."""
+def preflight(settings: Settings) -> list[modelrepo.ModelEntry]:
+    """Fail fast, before any worker starts: every model file matches its card, the provider exists.
+
+    BentoML restarts a worker whose start-up fails, forever; checked here, `bentoml serve` (and
+    `bentoml build`) stop at once with the reason instead.
+    """
     entries = modelrepo.discover(settings.models_dir)
     if not entries:
         raise modelrepo.ModelRepositoryError(f"{settings.models_dir}: no models found")
-    models: dict[str, LoadedModel] = {}
     for entry in entries:
+        modelrepo.verify(entry)
+    choose_providers(settings.providers, ort.get_available_providers())
+    return entries
+
+
+def load_repository(settings: Settings) -> dict[str, LoadedModel]:
+    """Every version of every model, verified and warmed; keyed by 'name' (latest) and 'name/version'."""
+    models: dict[str, LoadedModel] = {}
+    for entry in preflight(settings):
         started = time.perf_counter()
         model = load_model(entry, settings)
         models[f"{entry.name}/{entry.version}"] = models[entry.name] = model

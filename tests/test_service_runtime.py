@@ -1,0 +1,180 @@
+"""Start-up, providers, settings, auth, metrics and batching, each against a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.runtime import CPU, CUDA, ProviderUnavailable, choose_providers
+from service.settings import Settings
+from tests.conftest import REPO, Server, launch, running, stop
+from tests.helpers import run_onnx
+
+AZURE = "AzureExecutionProvider"
+
+
+@pytest.mark.parametrize(
+    ("setting", "available", "expected"),
+    [
+        ("auto", [AZURE, CPU], [CPU]),
+        ("auto", [CUDA, AZURE, CPU], [CUDA, CPU]),
+        ("cpu", [CUDA, CPU], [CPU]),
+        ("cuda", [CUDA, CPU], [CUDA, CPU]),
+    ],
+)
+def test_choose_providers_names_them_explicitly(setting: str, available: list[str], expected: list[str]) -> None:
+    assert choose_providers(setting, available) == expected
+
+
+def test_cuda_setting_without_cuda_is_refused_with_the_reason() -> None:
+    with pytest.raises(ProviderUnavailable, match="offers only AzureExecutionProvider, CPUExecutionProvider"):
+        choose_providers("cuda", [AZURE, CPU])
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINYSERVE_PROVIDERS", "cpu")
+    monkeypatch.setenv("TINYSERVE_WORKERS", "2")
+    monkeypatch.setenv("TINYSERVE_MAX_BATCH_ROWS", "64")
+    monkeypatch.setenv("TINYSERVE_API_TOKEN", "s3cret")
+    settings = Settings()
+    assert (settings.providers, settings.workers, settings.max_batch_rows) == ("cpu", 2, 64)
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.intra_op_threads() >= 1
+    monkeypatch.setenv("TINYSERVE_THREADS", "3")
+    assert Settings().intra_op_threads() == 3
+
+
+def test_settings_refuse_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINYSERVE_PROVIDERS", "tpu")
+    with pytest.raises(ValueError, match="providers"):
+        Settings()
+
+
+def _start_and_fail(tmp_path: Path, env: dict[str, str]) -> str:
+    """Start a server that must refuse to start: it exits non-zero, having never been ready."""
+    server = launch(tmp_path / "server.log", env)
+    try:
+        server.process.wait(timeout=60)
+    finally:
+        stop(server)
+    assert server.process.returncode not in (0, None)
+    return server.output()
+
+
+def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models)
+    target = models / "lenet" / "1" / "model.onnx"
+    data = bytearray(target.read_bytes())
+    data[1000] ^= 0xFF
+    target.write_bytes(bytes(data))
+    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
+    assert f"{target}: sha256 mismatch" in output
+
+
+def test_missing_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models)
+    (models / "blobs" / "1" / "model.onnx").unlink()
+    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
+    assert f"{models / 'blobs' / '1' / 'model.onnx'}: model file is missing" in output
+
+
+def test_cuda_required_on_a_cpu_only_build_never_becomes_ready(tmp_path: Path) -> None:
+    output = _start_and_fail(tmp_path, {"TINYSERVE_PROVIDERS": "cuda"})
+    assert "TINYSERVE_PROVIDERS=cuda, but this onnxruntime build offers only" in output
+
+
+def test_api_token_guards_predict_routes_only(tmp_path: Path) -> None:
+    env = {"TINYSERVE_API_TOKEN": "s3cret-token"}
+    with running(tmp_path / "server.log", env) as server, httpx.Client(base_url=server.url) as http:
+        body = {"x": [1.0]}
+        missing = http.post("/v1/linear/predict", json=body)
+        assert missing.status_code == 401
+        assert missing.json() == {"error": "missing or invalid API token: send 'Authorization: Bearer <token>'"}
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = http.post("/v1/linear/predict", json=body, headers={"Authorization": "Bearer s3cret-tokeX"})
+        assert wrong.status_code == 401
+        ok = http.post("/v1/linear/predict", json=body, headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200
+        upload = http.post("/v1/lenet/predict-image", files={"image": ("x.png", b"", "image/png")})
+        assert upload.status_code == 401
+        for open_route in ("/livez", "/readyz", "/metrics", "/v1/models"):
+            assert http.get(open_route).status_code == 200, open_route
+
+
+def _metric(text: str, name: str, model: str) -> float:
+    pattern = rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} ([0-9.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, text, flags=re.M))
+
+
+def test_concurrent_single_rows_are_merged_and_each_caller_gets_its_own(server: Server) -> None:
+    xs = [float(i) / 7 for i in range(96)]
+
+    async def call_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*[client.post("/v1/linear/predict", json={"x": [x]}) for x in xs])
+
+    before = httpx.get(f"{server.url}/metrics").text
+    responses = asyncio.run(call_all())
+    after = httpx.get(f"{server.url}/metrics").text
+    expected = run_onnx("linear", np.array(xs).reshape(-1, 1)).ravel()
+    for x, want, response in zip(xs, expected, responses, strict=True):
+        assert response.status_code == 200
+        assert response.json()["y"] == pytest.approx([want], abs=1e-6), x
+    rows = _metric(after, "tinyserve_batch_rows_sum", "linear") - _metric(before, "tinyserve_batch_rows_sum", "linear")
+    calls = _metric(after, "tinyserve_batch_rows_count", "linear") - _metric(
+        before, "tinyserve_batch_rows_count", "linear"
+    )
+    assert rows == len(xs)
+    assert calls < len(xs)  # merged: fewer ONNX Runtime calls than requests
+    assert rows / calls > 1.5
+
+
+def test_metrics_export_rows_time_and_the_active_provider(server: Server) -> None:
+    httpx.post(f"{server.url}/v1/blobs/predict", json={"x": [[1, 1], [-1, 1], [0, 0]]})
+    text = httpx.get(f"{server.url}/metrics").text
+    for model in ("linear", "multilinear", "blobs", "lenet"):
+        assert _metric(text, "tinyserve_model_provider", model) == 1.0
+        assert re.search(rf'tinyserve_model_provider\{{[^}}]*model="{model}"[^}}]*provider="{CPU}"', text)
+    assert _metric(text, "tinyserve_rows_inferred_total", "blobs") >= 3
+    assert _metric(text, "tinyserve_inference_seconds_count", "blobs") >= 1
+    assert "bentoml_service_request_total" in text or "bentoml_api_server_request_total" in text
+
+
+def test_without_batching_every_request_is_its_own_call(tmp_path: Path) -> None:
+    with running(tmp_path / "server.log", {"TINYSERVE_BATCHING": "false"}) as server:
+
+        async def call_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                return await asyncio.gather(
+                    *[client.post("/v1/linear/predict", json={"x": [float(i)]}) for i in range(32)]
+                )
+
+        assert all(r.status_code == 200 for r in asyncio.run(call_all()))
+        text = httpx.get(f"{server.url}/metrics").text
+        assert _metric(text, "tinyserve_batch_rows_count", "linear") == 32
+
+
+def test_serve_logs_the_provider_of_each_model_at_start(server: Server) -> None:
+    for model in ("linear", "multilinear", "blobs", "lenet"):
+        assert re.search(rf"loaded {model}/1 from .* on CPUExecutionProvider", server.output()), model
+
+
+def test_bentoml_serve_in_the_repo_root_uses_the_bentofile(tmp_path: Path) -> None:
+    with running(tmp_path / "server.log", target=".") as server:
+        r = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [0.0]})
+        assert r.status_code == 200 and r.json()["model"] == "linear"
+
+
+def test_make_serve_target_exists() -> None:
+    out = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "bentoml serve --host 127.0.0.1 --port 3000" in out.stdout
