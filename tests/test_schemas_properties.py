@@ -1,0 +1,133 @@
+"""Property-based tests of the request schemas: valid inputs are accepted, invalid ones refused.
+
+In process against the Pydantic models (hundreds of cases), and over HTTP against the real server
+(fewer cases: each is a request) to show the refusal is a 4xx envelope there too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from service.schemas import MAX_ROWS, BlobsRequest, LenetRequest, LinearRequest, MultilinearRequest
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-(10**6), 10**6)
+not_a_number = st.one_of(
+    st.just(math.nan),
+    st.just(math.inf),
+    st.just(-math.inf),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+    st.lists(finite, max_size=2),
+    st.dictionaries(st.text(max_size=3), finite, max_size=1),
+)
+pixel = st.floats(0, 1, allow_nan=False, width=32)
+
+
+def rows(width: int, max_rows: int = 20) -> st.SearchStrategy[list[list[Any]]]:
+    return st.lists(st.lists(finite, min_size=width, max_size=width), min_size=1, max_size=max_rows)
+
+
+@st.composite
+def with_one_bad(draw: st.DrawFn, values: st.SearchStrategy[list[Any]]) -> list[Any]:
+    """A valid list with one element replaced by something that is not a finite number."""
+    good = draw(values)
+    i = draw(st.integers(0, len(good) - 1))
+    return [*good[:i], draw(not_a_number), *good[i + 1 :]]
+
+
+@given(st.lists(finite, min_size=1, max_size=200))
+def test_linear_accepts_any_finite_numbers(x: list[float]) -> None:
+    assert LinearRequest.model_validate({"x": x}).x == [float(v) for v in x]
+
+
+@given(with_one_bad(st.lists(finite, min_size=1, max_size=50)))
+def test_linear_refuses_any_non_finite_or_non_number(x: list[Any]) -> None:
+    with pytest.raises(ValidationError, match=r"x\[\d+\]"):
+        LinearRequest.model_validate({"x": x})
+
+
+@given(st.integers(MAX_ROWS + 1, MAX_ROWS + 50))
+@settings(max_examples=5)
+def test_linear_refuses_too_many_rows(n: int) -> None:
+    with pytest.raises(ValidationError, match=f"at most {MAX_ROWS} items"):
+        LinearRequest.model_validate({"x": [0.0] * n})
+
+
+@given(rows(3))
+def test_multilinear_accepts_rows_of_three(x: list[list[float]]) -> None:
+    assert len(MultilinearRequest.model_validate({"x": x}).x) == len(x)
+
+
+@given(rows(3), st.integers(0, 19), st.integers(0, 6).filter(lambda w: w != 3))
+def test_multilinear_refuses_a_ragged_row(x: list[list[float]], i: int, width: int) -> None:
+    x = [*x, [1.0] * width] if i >= len(x) else [*x[:i], [1.0] * width, *x[i + 1 :]]
+    with pytest.raises(ValidationError, match=r"x\[\d+\]: list should have at (least|most) 3 items"):
+        MultilinearRequest.model_validate({"x": x})
+
+
+@given(rows(2), st.text(min_size=1, max_size=8).filter(lambda k: k != "x"))
+def test_blobs_refuses_any_unknown_field(x: list[list[float]], key: str) -> None:
+    assert len(BlobsRequest.model_validate({"x": x}).x) == len(x)
+    with pytest.raises(ValidationError, match="unknown field"):
+        BlobsRequest.model_validate({"x": x, key: 1})
+
+
+@given(st.sampled_from([28, 32]), pixel)
+@settings(max_examples=20)
+def test_lenet_accepts_square_28_or_32_images_in_range(size: int, value: float) -> None:
+    image = [[value] * size for _ in range(size)]
+    assert len(LenetRequest.model_validate({"images": [image]}).images[0]) == size
+
+
+@given(st.integers(1, 40), st.integers(1, 40))
+@settings(max_examples=60)
+def test_lenet_refuses_every_other_image_size(height: int, width: int) -> None:
+    if height == width and height in (28, 32):
+        return
+    with pytest.raises(ValidationError, match=r"images\[0\]"):
+        LenetRequest.model_validate({"images": [[[0.0] * width for _ in range(height)]]})
+
+
+# Over HTTP: the same properties, end to end.
+http_settings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@http_settings
+@given(x=st.lists(finite, min_size=1, max_size=30))
+def test_http_accepts_valid_linear_rows(http: httpx.Client, x: list[float]) -> None:
+    r = http.post("/v1/linear/predict", json={"x": x})
+    assert r.status_code == 200
+    assert len(r.json()["y"]) == len(x)
+
+
+@http_settings
+@given(x=with_one_bad(st.lists(finite, min_size=1, max_size=10)))
+def test_http_refuses_invalid_linear_rows_with_a_400_envelope(http: httpx.Client, x: list[Any]) -> None:
+    r = http.post("/v1/linear/predict", content=json.dumps({"x": x}), headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("x[")
+
+
+@http_settings
+@given(
+    body=st.recursive(
+        st.none() | st.booleans() | finite | st.text(max_size=4),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        max_leaves=8,
+    )
+)
+def test_http_refuses_arbitrary_json_with_a_4xx_never_a_5xx(http: httpx.Client, body: Any) -> None:
+    for route in ("linear", "multilinear", "blobs", "lenet"):
+        r = http.post(f"/v1/{route}/predict", json=body)
+        assert r.status_code in (200, 400), (route, body, r.text)
+        if r.status_code == 400:
+            assert set(r.json()) <= {"error", "detail"}
