@@ -15,7 +15,7 @@ import logging
 import bentoml
 import numpy as np
 
-from service import images, v1
+from service import images, v1, v2
 from service.batching import Batcher
 from service.errors import install_log_filter
 from service.middleware import GuardMiddleware
@@ -60,6 +60,7 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
     metrics={"enabled": True},
 )
 @bentoml.asgi_app(v1.app, path="/v1")
+@bentoml.asgi_app(v2.app, path="/")
 class TinyServe:
     def __init__(self) -> None:
         install_log_filter()
@@ -78,11 +79,18 @@ class TinyServe:
         logger.info("ready: %s", ", ".join(k for k in self.models if "/" in k))
 
     def __is_ready__(self) -> bool:
+        return self.is_ready()
+
+    def is_ready(self) -> bool:
         return bool(self.models)
+
+    async def infer(self, model: LoadedModel, x: np.ndarray) -> np.ndarray:
+        """The one inference path of every route: the model's batcher, then ONNX Runtime."""
+        return await self.batchers[f"{model.name}/{model.version}"](x)
 
     async def _infer(self, name: str, x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
         model = self.models[name]
-        return model, await self.batchers[f"{model.name}/{model.version}"](x)
+        return model, await self.infer(model, x)
 
     @bentoml.api(route="/v1/linear/predict")
     async def predict_linear(self, request: LinearRequest, /) -> RegressionResponse:
@@ -132,9 +140,12 @@ class TinyServe:
             probabilities=probabilities.tolist(),
         )
 
+    def versions(self, name: str) -> list[str]:
+        return [k.split("/", 1)[1] for k in self.models if k.startswith(f"{name}/")]
+
     def model_info(self, name: str) -> ModelInfo:
         model = self.models[name]
-        versions = [k.split("/")[1] for k in self.models if k.startswith(f"{name}/")]
+        versions = self.versions(name)
         return ModelInfo(
             name=model.name,
             version=model.version,

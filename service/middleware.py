@@ -19,9 +19,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# POST routes that run a model, and the content type each takes
-JSON_ROUTE = re.compile(r"^/v1/[^/]+/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+# POST routes that run a model, and the content types each takes ("" = no Content-Type header)
+PREDICT_ROUTE = re.compile(r"^/v1/[^/]+/predict$")
+INFER_ROUTE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 UPLOAD_ROUTE = re.compile(r"^/v1/lenet/predict-image$")
+ACCEPTS = {
+    PREDICT_ROUTE: ("application/json", ""),
+    INFER_ROUTE: ("application/json", "application/octet-stream", ""),  # Triton's client sends none
+    UPLOAD_ROUTE: ("multipart/form-data",),
+}
 
 
 def _content_type(scope: Scope) -> str:
@@ -49,9 +55,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        is_json, is_upload = bool(JSON_ROUTE.match(path)), bool(UPLOAD_ROUTE.match(path))
-        if method == "POST" and (is_json or is_upload):
-            refusal = self._refuse(scope, is_upload)
+        accepts = next((types for route, types in ACCEPTS.items() if route.match(path)), None)
+        if method == "POST" and accepts is not None:
+            refusal = self._refuse(scope, accepts)
             if refusal is not None:
                 await _respond(send, *refusal)
                 return
@@ -61,17 +67,20 @@ class GuardMiddleware:
             receive = limited
         await self.app(scope, receive, _enveloping(send, method, path))
 
-    def _refuse(self, scope: Scope, is_upload: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+    def _refuse(self, scope: Scope, accepts: tuple[str, ...]) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
         if self.token is not None:
             given = _header(scope, b"authorization") or b""
             scheme, _, token = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
                 message = "missing or invalid API token: send 'Authorization: Bearer <token>'"
                 return 401, envelope(message), [(b"www-authenticate", b"Bearer")]
-        wanted = "multipart/form-data" if is_upload else "application/json"
         got = _content_type(scope)
-        if got != wanted and not (not is_upload and got == ""):
-            return 415, envelope(f"unsupported content type {got or '(none)'!r}: expected {wanted}"), []
+        if got not in accepts:
+            expected = " or ".join(a for a in accepts if a)
+            return 415, envelope(f"unsupported content type {got!r}: expected {expected}"), []
+        encoding = (_header(scope, b"content-encoding") or b"identity").decode("latin-1").strip().lower()
+        if encoding != "identity":
+            return 415, envelope(f"unsupported content encoding {encoding!r}: send the body uncompressed"), []
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return 413, envelope(self._too_large(length.decode("latin-1"))), []

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import modelrepo
 from service import metrics
 from service.settings import Settings
+from service.tensors import TensorSpec, spec_from_onnx
 
 logger = logging.getLogger("bentoml.tinyserve")  # a child of bentoml's logger: its handlers, its format
 
@@ -49,6 +50,8 @@ class LoadedModel:
     input_name: str
     output_name: str
     provider: str
+    inputs: list[TensorSpec]  # as ONNX Runtime reads them from the file
+    outputs: list[TensorSpec]
 
     @property
     def name(self) -> str:
@@ -87,7 +90,15 @@ def load_model(entry: modelrepo.ModelEntry, settings: Settings) -> LoadedModel:
             raise ProviderUnavailable(message)
         logger.warning("%s (providers=auto: serving on CPU)", message)
     (spec_in,), (spec_out,) = entry.card.inputs, entry.card.outputs
-    model = LoadedModel(entry, session, spec_in.name, spec_out.name, provider=active)
+    model = LoadedModel(
+        entry,
+        session,
+        spec_in.name,
+        spec_out.name,
+        provider=active,
+        inputs=[spec_from_onnx(i.name, i.type, i.shape) for i in session.get_inputs()],
+        outputs=[spec_from_onnx(o.name, o.type, o.shape) for o in session.get_outputs()],
+    )
     warm = np.zeros((1, *spec_in.shape[1:]), dtype=np.float32)
     out = model.session.run(None, {spec_in.name: warm})[0]
     if out.shape != (1, *spec_out.shape[1:]):

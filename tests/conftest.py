@@ -42,7 +42,9 @@ def launch(
 ) -> Server:
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
-    full_env.update({"BENTOML_DO_NOT_TRACK": "True", **(env or {})})
+    # Each server its own BENTOML_HOME: servers that share one share (and wipe) its Prometheus directory.
+    home = log.parent / f"bentoml-home-{port}"
+    full_env.update({"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home), **(env or {})})
     handle = log.open("wb")
     process = subprocess.Popen(
         [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],

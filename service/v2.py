@@ -1,0 +1,164 @@
+"""The Open Inference Protocol (KServe V2) over HTTP, with Triton's binary tensor extension.
+
+A FastAPI app mounted into the BentoML service at the root (its routes carry the full /v2 paths, so
+`GET /v2` itself is served). Inference runs through the same batchers, sessions and metrics as the
+typed /v1 routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from service import tensors
+from service.schemas import explain
+
+SERVER_NAME = "tinyserve"
+PLATFORM = "onnxruntime_onnx"
+
+app = FastAPI(title="tinyserve Open Inference Protocol (V2)")
+
+
+def _service() -> Any:
+    return bentoml.get_current_service()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _resolve(name: str, version: str | None) -> Any:
+    """The model, or a 404 response naming what exists."""
+    service = _service()
+    names = service.model_names()
+    if name not in names:
+        return _error(404, f"unknown model '{name}': expected one of {', '.join(names)}")
+    if version is None:
+        return service.models[name]
+    model = service.models.get(f"{name}/{version}")
+    if model is None:
+        versions = ", ".join(service.versions(name))
+        return _error(404, f"unknown version '{version}' of model '{name}': available versions are {versions}")
+    return model
+
+
+def _metadata(model: Any) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": _service().versions(model.name),
+        "platform": PLATFORM,
+        "inputs": [s.metadata() for s in model.inputs],
+        "outputs": [s.metadata() for s in model.outputs],
+    }
+
+
+@app.get("/v2", summary="Server metadata")
+def server_metadata() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {"name": SERVER_NAME, "version": version("tinyserve"), "extensions": ["binary_tensor_data"]}
+
+
+@app.get("/v2/health/live", summary="Liveness")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@app.get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
+def ready() -> Any:
+    if not _service().is_ready():
+        return _error(503, "not ready")
+    return {"ready": True}
+
+
+@app.get("/v2/models/{name}", summary="Model metadata (latest version)")
+def model_metadata(name: str) -> Any:
+    model = _resolve(name, None)
+    return model if isinstance(model, Response) else _metadata(model)
+
+
+@app.get("/v2/models/{name}/versions/{version}", summary="Model metadata")
+def model_version_metadata(name: str, version: str) -> Any:
+    model = _resolve(name, version)
+    return model if isinstance(model, Response) else _metadata(model)
+
+
+@app.get("/v2/models/{name}/ready", summary="Model readiness (latest version)")
+def model_ready(name: str) -> Any:
+    model = _resolve(name, None)
+    return model if isinstance(model, Response) else {"name": name, "ready": _service().is_ready()}
+
+
+@app.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness")
+def model_version_ready(name: str, version: str) -> Any:
+    model = _resolve(name, version)
+    return model if isinstance(model, Response) else {"name": name, "ready": _service().is_ready()}
+
+
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": tensors.InferenceRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "the JSON request (its length in the Inference-Header-Content-Length header) "
+                    "followed by the raw little-endian bytes of each input with parameters.binary_data_size",
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@app.post("/v2/models/{name}/infer", summary="Inference (latest version)", openapi_extra=_INFER_DOC)
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(name, None, request)
+
+
+@app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=_INFER_DOC)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, version, request)
+
+
+async def _infer(name: str, version: str | None, request: Request) -> Response:
+    model = _resolve(name, version)
+    if isinstance(model, Response):
+        return model
+    body = await request.body()
+    try:
+        json_part, binary = tensors.split_body(body, request.headers.get(tensors.HEADER))
+        try:
+            parsed = tensors.InferenceRequest.model_validate_json(json_part)
+        except ValidationError as e:
+            raise tensors.TensorError(_explain(e)) from None
+        inputs = tensors.decode_inputs(parsed, binary, model.inputs)
+        wanted = tensors.wanted_outputs(parsed, model.outputs)
+    except tensors.TensorError as e:
+        return _error(400, str(e))
+    (result,) = [await _service().infer(model, inputs[model.input_name])]
+    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    if parsed.id is not None:
+        header["id"] = parsed.id
+    content, json_length = tensors.encode_response(header, [(spec, binary, result) for spec, binary in wanted])
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+def _explain(error: ValidationError) -> str:
+    errors = error.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return f"request JSON is not valid: {errors[0]['msg'].removeprefix('Invalid JSON: ')}"
+    fields = tuple(tensors.InferenceRequest.model_fields)
+    return "; ".join(explain(dict(e), fields) for e in errors[:3])
