@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import BENTOML, REPO, running
 from tests.helpers import run_onnx
+from tests.server import BENTOML, REPO, running
 
 
 def _build(home: Path, bentofile: str) -> Path:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
+from tests.server import Server
 
 IMAGE_32 = [[0.0] * 32 for _ in range(32)]
 LINEAR = "/v1/linear/predict"

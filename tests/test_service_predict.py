@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server
 from tests.helpers import REPO, held_out_digits, render, run_onnx, upscale_32
+from tests.server import Server
 
 
 def test_linear_predicts_about_7x_plus_5(http: httpx.Client) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from service.runtime import CPU, CUDA, ProviderUnavailable, choose_providers
 from service.settings import Settings
-from tests.conftest import REPO, Server, launch, running, stop
 from tests.helpers import run_onnx
+from tests.server import REPO, Server, launch, running, stop
 
 AZURE = "AzureExecutionProvider"
 

@@ -12,8 +12,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Server
 from tests.helpers import held_out_digits, run_onnx, upscale_32
+from tests.server import Server
 
 FEATURES = {"linear": (1,), "multilinear": (3,), "blobs": (2,), "lenet": (1, 32, 32)}
 OUTPUTS = {"linear": "y", "multilinear": "y", "blobs": "probability", "lenet": "logits"}
