@@ -21,7 +21,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 # Everything: serving, training (torch==2.13.0 from local disk), client, and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,train,client,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,train,client,parquet,dev]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)

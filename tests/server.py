@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -68,14 +69,28 @@ def wait_ready(server: Server, timeout: float = 90) -> None:
     raise TimeoutError(f"server not ready after {timeout}s:\n{server.output()}")
 
 
+def kill(server: Server) -> None:
+    """SIGKILL the server and every process it started (BentoML's workers are not all in its group)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        family = [psutil.Process(server.process.pid)]
+        family += family[0].children(recursive=True)
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    server.process.wait()
+
+
 def stop(server: Server) -> None:
     if server.process.poll() is None:
+        children = psutil.Process(server.process.pid).children(recursive=True)
         os.killpg(server.process.pid, signal.SIGTERM)
         try:
             server.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
+            kill(server)
+        for child in children:  # a worker outside the group must not outlive the test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 @contextlib.contextmanager

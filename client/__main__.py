@@ -1,0 +1,134 @@
+"""`tinyserve-score MODEL INPUT OUTPUT [options]` (also `python -m client`).
+
+Only option parsing lives here; the work is `client.Scorer`. Every option also reads an environment
+variable (TINYSERVE_SCORE_<OPTION>), shown in --help.
+
+Exit codes: 0 every row scored; 1 some rows failed (error records in the output); 2 the run stopped
+(server unreachable after the retries, bad arguments): rerun with --resume; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client.backends import ServerUnavailable
+from client.formats import FormatError
+from client.scorer import ResumeError, Scorer
+
+
+def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """click.option with an environment-variable fallback named after the option, shown in --help."""
+    env = "TINYSERVE_SCORE_" + names[0].lstrip("-").replace("-", "_").upper()
+    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kwargs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("model")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path, dir_okay=False))
+@_option("--url", help="server to score against, e.g. http://127.0.0.1:3000")
+@_option("--local", is_flag=True, default=False, help="run ONNX Runtime in this process; no server")
+@_option(
+    "--models",
+    "models_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("models"),
+    help="model repository for --local",
+)
+@_option(
+    "--protocol",
+    type=click.Choice(["v2", "json"]),
+    default="v2",
+    help="v2: Open Inference Protocol with binary tensors; json: the typed /v1 routes",
+)
+@_option("--chunk-size", type=click.IntRange(1), default=1024, help="rows per request")
+@_option("--concurrency", type=click.IntRange(1, 64), default=4, help="requests in flight at once")
+@_option("--timeout", type=click.FloatRange(0.1), default=30.0, help="seconds to wait for one response")
+@_option(
+    "--retries",
+    type=click.IntRange(0),
+    default=5,
+    help="retries per request on connection errors, timeouts, 429, 502, 503 and 504",
+)
+@_option(
+    "--backoff",
+    type=click.FloatRange(0.0),
+    default=0.5,
+    help="first retry waits up to this many seconds, doubling each time (with jitter)",
+)
+@_option("--token", help="API token, sent as 'Authorization: Bearer <token>'")
+@_option(
+    "--columns",
+    help="CSV/Parquet feature columns, by name or 0-based position, comma-separated (default: every column)",
+)
+@_option("--resume", is_flag=True, default=False, help="continue an interrupted run into the same OUTPUT")
+@_option("--quiet", "-q", is_flag=True, default=False, help="no progress, only the summary")
+def main(
+    model: str,
+    input_path: Path,
+    output_path: Path,
+    url: str | None,
+    local: bool,
+    models_dir: Path,
+    protocol: str,
+    chunk_size: int,
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    token: str | None,
+    columns: str | None,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    """Score INPUT (.npy, .csv, .jsonl, .parquet) with MODEL into OUTPUT (.jsonl, .csv, .npy, .parquet).
+
+    One record per input row, in input order, with its row index; a bad row becomes an error record
+    in its place and the run goes on.
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if bool(url) == local:
+        raise click.UsageError("give either --url URL or --local")
+    scorer = Scorer(
+        model=model,
+        url=url,
+        local=local,
+        models_dir=models_dir,
+        protocol=protocol,
+        chunk_size=chunk_size,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        token=token,
+        columns=[c.strip() for c in columns.split(",")] if columns else None,
+        quiet=quiet,
+    )
+    try:
+        summary = scorer.score_file(input_path, output_path, resume=resume)
+    except ServerUnavailable as e:
+        click.echo(
+            f"error: server unavailable: {e}\nthe finished chunks are kept: rerun with --resume to continue", err=True
+        )
+        sys.exit(2)
+    except (FormatError, ResumeError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the finished chunks are kept; rerun with --resume to continue", err=True)
+        sys.exit(130)
+    finally:
+        scorer.close()
+    click.echo(summary.line(), err=True)
+    sys.exit(1 if summary.rows_failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Where predictions come from: a server over the V2 binary protocol, the typed JSON routes, or
+ONNX Runtime in process. Each turns a float32 batch into one record per row."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
+
+import modelrepo
+
+RETRY_STATUS = {429, 502, 503, 504}
+
+
+class ServerUnavailable(RuntimeError):
+    """The server did not answer after every retry: the run stops, resumable."""
+
+
+class ClientFault(ValueError):
+    """The server refused a chunk as the client's mistake (4xx other than 429): not retried."""
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the client needs of a model's card: its input row shape and how to read its output."""
+
+    name: str
+    task: str
+    row_shape: tuple[int, ...]
+    output: str
+
+    @classmethod
+    def from_card(cls, card: modelrepo.ModelCard) -> ModelKind:
+        return cls(card.name, card.task, card.inputs[0].shape[1:], card.outputs[0].name)
+
+    @property
+    def fields(self) -> list[str]:
+        """Output record fields, in order."""
+        extra = {"regression": ["y"], "binary-classification": ["label", "probability"]}
+        return ["row", *extra.get(self.task, ["label", "probabilities"]), "error"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """As the service computes it (float32), so local, V2 and JSON results are equal to the bit."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def records_from_output(kind: ModelKind, out: np.ndarray) -> list[dict[str, Any]]:
+    if kind.task == "regression":
+        return [{"y": y} for y in out.reshape(-1).tolist()]
+    if kind.task == "binary-classification":
+        p = out.reshape(-1)
+        return [
+            {"label": label, "probability": q}
+            for label, q in zip((p > 0.5).astype(int).tolist(), p.tolist(), strict=True)
+        ]
+    probabilities = softmax(out)
+    return [
+        {"label": label, "probabilities": row}
+        for label, row in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist(), strict=True)
+    ]
+
+
+class Backend(Protocol):
+    kind: ModelKind
+
+    def predict(self, x: np.ndarray) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """ONNX Runtime in process on a model repository: no server."""
+
+    def __init__(self, model: str, models_dir: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise RuntimeError("--local needs onnxruntime: pip install 'tinyserve[serve]'") from e
+        entries = modelrepo.latest(modelrepo.discover(models_dir))
+        if model not in entries:
+            raise ValueError(f"unknown model {model!r}: {models_dir} has {', '.join(entries)}")
+        entry = entries[model]
+        modelrepo.verify(entry)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(entry.model_path), options, providers=["CPUExecutionProvider"])
+        self.kind = ModelKind.from_card(entry.card)
+
+    def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
+        (out,) = self.session.run([self.kind.output], {"x": x})
+        return records_from_output(self.kind, out)
+
+    def close(self) -> None:
+        pass
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, httpx.TransportError):  # refused, reset, timed out
+        return True
+    return isinstance(error, httpx.HTTPStatusError) and error.response.status_code in RETRY_STATUS
+
+
+def _wait(state: RetryCallState) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After is a floor."""
+    base = getattr(state.retry_object, "backoff", 0.5)
+    ceiling = min(30.0, base * 2 ** (state.attempt_number - 1))
+    wait = random.uniform(0, ceiling)
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, httpx.HTTPStatusError):
+        after = error.response.headers.get("retry-after", "")
+        if after.isdigit():
+            wait = max(wait, float(after))
+    return wait
+
+
+class RemoteBackend:
+    """A tinyserve server: V2 binary tensors (default) or the typed JSON routes."""
+
+    def __init__(
+        self,
+        model: str,
+        url: str,
+        *,
+        protocol: str,
+        timeout: float,
+        retries: int,
+        backoff: float = 0.5,
+        token: str | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+        self.protocol = protocol
+        self._send = retry(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(retries + 1),
+            wait=_wait,
+            reraise=True,
+        )(self._send_once)
+        self._send.retry.backoff = backoff  # type: ignore[attr-defined]
+        try:
+            card = self.send("GET", f"/v1/models/{model}", None, {}).json()["card"]
+        except ClientFault as e:
+            raise ValueError(str(e)) from None
+        self.kind = ModelKind.from_card(modelrepo.ModelCard.from_dict(card))
+
+    def _send_once(self, method: str, path: str, content: bytes | None, headers: dict[str, str]) -> httpx.Response:
+        response = self.http.request(method, path, content=content, headers=headers)
+        if response.status_code in RETRY_STATUS or response.status_code >= 500:
+            response.raise_for_status()
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise ClientFault(f"server refused the chunk ({response.status_code}): {message}")
+        return response
+
+    def send(self, method: str, path: str, content: bytes | None, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return self._send(method, path, content, headers)
+        except (httpx.TransportError, httpx.HTTPStatusError) as e:
+            raise ServerUnavailable(f"{self.http.base_url}{path}: {_describe(e)}") from e
+
+    def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
+        if self.protocol == "json":
+            return self._predict_json(x)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "outputs": [{"name": self.kind.output, "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        response = self.send(
+            "POST",
+            f"/v2/models/{self.kind.name}/infer",
+            header + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        )
+        length = int(response.headers["inference-header-content-length"])
+        (described,) = json.loads(response.content[:length])["outputs"]
+        out = np.frombuffer(response.content[length:], dtype="<f4").reshape(described["shape"])
+        return records_from_output(self.kind, out)
+
+    def _predict_json(self, x: np.ndarray) -> list[dict[str, Any]]:
+        field = "images" if self.kind.task == "multiclass-classification" else "x"
+        rows = x[:, 0].tolist() if field == "images" else (x[:, 0] if x.shape[1] == 1 else x).tolist()
+        body = json.dumps({field: rows}).encode()
+        answer = self.send("POST", f"/v1/{self.kind.name}/predict", body, {"Content-Type": "application/json"}).json()
+        if self.kind.task == "regression":
+            return [{"y": y} for y in answer["y"]]
+        if self.kind.task == "binary-classification":
+            return [
+                {"label": a, "probability": p} for a, p in zip(answer["labels"], answer["probabilities"], strict=True)
+            ]
+        return [
+            {"label": a, "probabilities": p} for a, p in zip(answer["labels"], answer["probabilities"], strict=True)
+        ]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code} after every retry"
+    return f"{type(error).__name__}: {error or 'no answer'} after every retry"
