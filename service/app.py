@@ -19,7 +19,7 @@ from service import images, v1, v2
 from service.batching import Batcher
 from service.errors import install_log_filter
 from service.middleware import GuardMiddleware
-from service.runtime import LoadedModel, load_repository, preflight
+from service.runtime import LoadedModel, load_repository, preflight, tune_gc
 from service.schemas import (
     BlobsRequest,
     BlobsResponse,
@@ -58,6 +58,8 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
     workers=SETTINGS.workers,
     traffic={"timeout": 30},
     metrics={"enabled": True},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},  # off: every URL skips the span work
 )
 @bentoml.asgi_app(v1.app, path="/v1")
 @bentoml.asgi_app(v2.app, path="/")
@@ -77,6 +79,7 @@ class TinyServe:
             if "/" in key
         }
         logger.info("ready: %s", ", ".join(k for k in self.models if "/" in k))
+        tune_gc()
 
     def __is_ready__(self) -> bool:
         return self.is_ready()

