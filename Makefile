@@ -42,5 +42,8 @@ format: $(VENV)/.all  ## apply ruff's fixes and formatting
 train: $(VENV)/.all  ## retrain and re-export all four models into models/
 	$(BIN)/python -m training
 
+bench: $(VENV)/.all  ## measure serving against raw ONNX Runtime and a FastAPI peer (~2 min; not in make test)
+	$(BIN)/python -m benchmarks $(ARGS)
+
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -30,7 +30,7 @@ class Chunk:
     start: int  # row index of the first row of this chunk
     count: int  # rows in this chunk, good and bad
     indices: list[int] = field(default_factory=list)  # row index of each good row
-    rows: list[np.ndarray] = field(default_factory=list)  # each (features...) float32
+    x: np.ndarray | None = None  # the good rows, stacked: (len(indices), *row shape) float32
     errors: dict[int, str] = field(default_factory=dict)  # row index -> why it was refused
 
 
@@ -70,34 +70,39 @@ def check_row(values: Any, shape: RowShape) -> np.ndarray:
     return array.astype(np.float32).reshape(shape.shape)
 
 
+def _validate_block(chunk: Chunk, indices: list[int], block: np.ndarray, shape: RowShape) -> Chunk:
+    """Check rows stacked in one array at once: vectorised masks; row by row only for the messages."""
+    flat = block.reshape(len(indices), shape.size)
+    good = np.isfinite(flat).all(axis=1)
+    if shape.pixels:
+        good &= ((flat >= 0) & (flat <= 1)).all(axis=1)
+    chunk.x = flat[good].astype(np.float32, copy=False).reshape(-1, *shape.shape)
+    chunk.indices = [index for index, ok in zip(indices, good.tolist(), strict=True) if ok]
+    for i in np.flatnonzero(~good).tolist():
+        try:
+            check_row(flat[i], shape)
+        except ValueError as e:
+            chunk.errors[indices[i]] = str(e)
+    return chunk
+
+
 def _validate(chunk: Chunk, pending: list[tuple[int, Any]], shape: RowShape) -> Chunk:
-    """Check a chunk's parsed rows at once (numpy, vectorised); row by row only if they differ in shape."""
+    """Check a chunk's parsed rows: all at once when they have one shape, else one by one."""
+    indices = [index for index, _ in pending]
     try:
         block = np.asarray([values for _, values in pending], dtype=np.float64)
-        uniform = block.ndim >= 1 and math.prod(block.shape[1:]) == shape.size
+        if block.ndim >= 1 and math.prod(block.shape[1:]) == shape.size:
+            return _validate_block(chunk, indices, block, shape)
     except (TypeError, ValueError):
-        uniform = False
-    if not uniform:
-        for index, values in pending:
-            try:
-                chunk.rows.append(check_row(values, shape))
-                chunk.indices.append(index)
-            except ValueError as e:
-                chunk.errors[index] = str(e)
-        return chunk
-    flat = block.reshape(len(pending), shape.size)
-    finite = np.asarray(np.isfinite(flat).all(axis=1))
-    in_range = np.asarray(((flat >= 0) & (flat <= 1)).all(axis=1)) if shape.pixels else finite
-    rows = flat.astype(np.float32).reshape(len(pending), *shape.shape)
-    for i, (index, _) in enumerate(pending):
-        if finite[i] and in_range[i]:
-            chunk.rows.append(rows[i])
+        pass
+    rows = []
+    for index, values in pending:
+        try:
+            rows.append(check_row(values, shape))
             chunk.indices.append(index)
-        else:
-            try:
-                check_row(flat[i].reshape(shape.shape), shape)  # for its message
-            except ValueError as e:
-                chunk.errors[index] = str(e)
+        except ValueError as e:
+            chunk.errors[index] = str(e)
+    chunk.x = np.stack(rows) if rows else None
     return chunk
 
 
@@ -154,11 +159,15 @@ def _read_npy(path: Path, shape: RowShape, size: int) -> Iterator[Chunk]:
     data = np.load(path, mmap_mode="r")  # memory-mapped: only the chunk in hand is read
     if data.ndim == 1 and shape.size == 1:
         data = data.reshape(-1, 1)
-    if data.ndim < 2 or (math.prod(data.shape[1:]) != shape.size and data.shape[1:] not in ((28, 28), (1, 28, 28))):
+    mnist = shape.pixels and data.shape[1:] in ((28, 28), (1, 28, 28))
+    if data.ndim < 2 or (math.prod(data.shape[1:]) != shape.size and not mnist):
         raise FormatError(f"{path}: expected rows of {list(shape.shape)} values, the array is {list(data.shape)}")
     for start in range(0, len(data), size):
         block = np.asarray(data[start : start + size])
-        yield from _chunked(((start + i, row) for i, row in enumerate(block)), size, shape)
+        if mnist:  # 28x28: zero border to 32x32, as LeNet-5 was trained
+            block = np.pad(block.reshape(-1, 28, 28), ((0, 0), (2, 2), (2, 2)))
+        chunk = Chunk(start=start, count=len(block))
+        yield _validate_block(chunk, list(range(start, start + len(block))), block, shape)
 
 
 def _csv_rows(path: Path, shape: RowShape, columns: list[str] | None) -> Iterator[tuple[int, Any]]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from client import formats
@@ -140,9 +139,10 @@ class Scorer:
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="score") as pool:
             try:
                 for chunk in chunks:
-                    if chunk.start in done:  # scored by the run being resumed: its part is the answer
+                    finished = _read_part(parts, chunk) if chunk.start in done else None
+                    if finished is not None:  # scored by the run being resumed: its part is the answer
                         future: Future[list[dict[str, Any]]] = Future()
-                        future.set_result(_read_part(parts, chunk.start))
+                        future.set_result(finished)
                     else:
                         future = pool.submit(self._score_chunk, chunk, parts)
                     in_flight.append((chunk, future))
@@ -158,9 +158,9 @@ class Scorer:
 
     def _score_chunk(self, chunk: formats.Chunk, parts: Path) -> list[dict[str, Any]]:
         predictions: dict[int, dict[str, Any]] = {}
-        if chunk.rows:
+        if chunk.x is not None and len(chunk.x):
             try:
-                scored = self.backend().predict(np.stack(chunk.rows))
+                scored = self.backend().predict(chunk.x)
                 predictions = dict(zip(chunk.indices, scored, strict=True))
             except ClientFault as e:  # the server refused this chunk: every row of it gets the reason
                 predictions = {i: {"error": str(e)} for i in chunk.indices}
@@ -202,11 +202,9 @@ def _prepare_parts(parts: Path, fingerprint: dict[str, Any], resume: bool) -> se
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Whole or absent after a crash of this process: written aside, then renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -214,9 +212,15 @@ def _write_part(parts: Path, start: int, records: list[dict[str, Any]]) -> None:
     _atomic_write(parts / f"{start:012d}.jsonl", b"".join(formats.record_line(r) for r in records))
 
 
-def _read_part(parts: Path, start: int) -> list[dict[str, Any]]:
-    with (parts / f"{start:012d}.jsonl").open("rb") as f:
-        return [json.loads(line) for line in f]
+def _read_part(parts: Path, chunk: formats.Chunk) -> list[dict[str, Any]] | None:
+    """A finished chunk's records, or None when its part is damaged (then the chunk is scored again)."""
+    try:
+        with (parts / f"{chunk.start:012d}.jsonl").open("rb") as f:
+            records = [json.loads(line) for line in f]
+    except (OSError, ValueError):
+        return None
+    rows = [r.get("row") for r in records if isinstance(r, dict)]
+    return records if rows == list(range(chunk.start, chunk.start + chunk.count)) else None
 
 
 def _assemble(parts: Path, output: Path, fields: list[str], total: int) -> None:

@@ -44,7 +44,7 @@ class Batcher:
         self._limiter = anyio.CapacityLimiter(1)  # one ORT call per model at a time
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
-        if not self.enabled:
+        if not self.enabled or len(x) >= self.max_rows:  # a full batch by itself gains nothing from the queue
             return await self._run(x)
         return await self._dispatch(x)
 
