@@ -36,8 +36,9 @@ def raw_onnxruntime(seconds: float) -> list[dict[str, Any]]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     for name, batch in (("lenet", 1), ("lenet", 64), ("lenet", 256), ("lenet", 1024), ("linear", 1)):
-        session = ort.InferenceSession(str(REPO / "models" / name / "1" / "model.onnx"), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(REPO / "models" / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
         shape = (batch, 1, 32, 32) if name == "lenet" else (batch, 1)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         for _ in range(20):
@@ -47,8 +48,14 @@ def raw_onnxruntime(seconds: float) -> list[dict[str, Any]]:
             session.run(None, {"x": x})
             calls += 1
         elapsed = time.perf_counter() - started
-        rows.append({"model": name, "batch": batch, "ms_per_call": elapsed / calls * 1000,
-                     "rows_per_s": calls * batch / elapsed})
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "ms_per_call": elapsed / calls * 1000,
+                "rows_per_s": calls * batch / elapsed,
+            }
+        )
     return rows
 
 
@@ -56,8 +63,13 @@ def _load(url: str, body: bytes, concurrency: int, requests: int) -> dict[str, A
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         f.write(body)
         f.flush()
-        out = subprocess.run([sys.executable, "-m", "benchmarks.load", url, f.name, str(concurrency), str(requests),
-                              "60"], cwd=REPO, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.load", url, f.name, str(concurrency), str(requests), "60"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -91,9 +103,22 @@ def start_peer(log: Path) -> tuple[subprocess.Popen[bytes], str, float]:
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.peers.fastapi_peer:app", "--host", "127.0.0.1", "--port",
-         str(port), "--no-access-log", "--log-level", "warning"],
-        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.peers.fastapi_peer:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -110,12 +135,19 @@ def start_peer(log: Path) -> tuple[subprocess.Popen[bytes], str, float]:
 def bulk(base: str, images: Path, rows: int) -> list[dict[str, Any]]:
     """Case 4: the batch client over a file of LeNet images: in process, V2 binary, typed JSON."""
     results = []
-    for mode, args in (("--local", ["--local"]), ("--url v2 binary", ["--url", base]),
-                       ("--url json", ["--url", base, "--protocol", "json"])):
+    for mode, args in (
+        ("--local", ["--local"]),
+        ("--url v2 binary", ["--url", base]),
+        ("--url json", ["--url", base, "--protocol", "json"]),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "client", "lenet", str(images), f"{tmp}/out.jsonl", *args,
-                            "--quiet"], cwd=REPO, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "client", "lenet", str(images), f"{tmp}/out.jsonl", *args, "--quiet"],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
             elapsed = time.perf_counter() - started
         results.append({"mode": mode, "rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed})
     return results
@@ -156,8 +188,10 @@ def table(report: dict[str, Any]) -> str:
     raw = {(r["model"], r["batch"]): r for r in report["raw"]}
     base = raw[("lenet", 1)]["rows_per_s"]
     for (model, batch), r in raw.items():
-        lines.append(f"| 1. raw ORT {model} batch {batch} | {r['ms_per_call']:.3f} ms/call, {r['rows_per_s']:,.0f} rows/s"
-                     f" | {r['rows_per_s'] / base:.1f}x LeNet batch 1 rows/s |")
+        lines.append(
+            f"| 1. raw ORT {model} batch {batch} | {r['ms_per_call']:.3f} ms/call, {r['rows_per_s']:,.0f} rows/s"
+            f" | {r['rows_per_s'] / base:.1f}x LeNet batch 1 rows/s |"
+        )
     peer = {(r["model"], r["concurrency"]): r for r in report["peer"]["single"]}
     off = {(r["model"], r["concurrency"]): r for r in report["tinyserve, batching off"]["single"]}
     for label in ("tinyserve", "tinyserve, batching off", "peer"):
@@ -174,11 +208,15 @@ def table(report: dict[str, Any]) -> str:
             )
     ort_1024 = raw[("lenet", 1024)]["rows_per_s"]
     for r in report["bulk"]:
-        lines.append(f"| 4. bulk {r['rows']:,} LeNet images, {r['mode']} | {r['rows_per_s']:,.0f} images/s "
-                     f"| {r['rows_per_s'] / ort_1024:.0%} of raw ORT batch 1024 |")
+        lines.append(
+            f"| 4. bulk {r['rows']:,} LeNet images, {r['mode']} | {r['rows_per_s']:,.0f} images/s "
+            f"| {r['rows_per_s'] / ort_1024:.0%} of raw ORT batch 1024 |"
+        )
     cold, peer_cold = report["tinyserve"]["cold_start_s"], report["peer"]["cold_start_s"]
-    lines.append(f"| 5. cold start to /readyz 200 | tinyserve {cold:.1f} s, peer {peer_cold:.1f} s | "
-                 f"{cold / peer_cold:.1f}x peer |")
+    lines.append(
+        f"| 5. cold start to /readyz 200 | tinyserve {cold:.1f} s, peer {peer_cold:.1f} s | "
+        f"{cold / peer_cold:.1f}x peer |"
+    )
     return "\n".join(lines)
 
 
@@ -193,20 +231,23 @@ def chart(report: dict[str, Any], path: Path) -> None:
     for r in report["peer"]["single"]:
         labels.append(f"{r['model']}\nc={r['concurrency']}")
         for name in series:
-            match = next(s for s in report[name]["single"]
-                         if (s["model"], s["concurrency"]) == (r["model"], r["concurrency"]))
+            match = next(
+                s for s in report[name]["single"] if (s["model"], s["concurrency"]) == (r["model"], r["concurrency"])
+            )
             series[name].append(match["rps"])
     width = 0.27
     for i, (name, values) in enumerate(series.items()):
-        left.bar(np.arange(len(labels)) + (i - 1) * width, values, width, label="FastAPI peer" if name == "peer"
-                 else name)
+        left.bar(
+            np.arange(len(labels)) + (i - 1) * width, values, width, label="FastAPI peer" if name == "peer" else name
+        )
     left.set_xticks(range(len(labels)), labels)
     left.set_ylabel("requests/s (one row per request)")
     left.legend()
     left.set_title("single-row requests")
     modes = [r["mode"] for r in report["bulk"]] + ["raw ORT\nbatch 1024"]
-    values = [r["rows_per_s"] for r in report["bulk"]] + [next(r["rows_per_s"] for r in report["raw"]
-                                                              if r["batch"] == 1024)]
+    values = [r["rows_per_s"] for r in report["bulk"]] + [
+        next(r["rows_per_s"] for r in report["raw"] if r["batch"] == 1024)
+    ]
     right.barh(modes, values, color=["C0", "C1", "C2", "C7"])
     right.set_xlabel("LeNet images/s")
     right.set_title("bulk scoring")

@@ -35,6 +35,7 @@ async def _run(url: str, body: bytes, concurrency: int, requests: int, limit_s: 
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def worker(count: int) -> None:
             nonlocal sent, errors
             while sent < count and time.perf_counter() < deadline:
@@ -57,8 +58,9 @@ async def _run(url: str, body: bytes, concurrency: int, requests: int, limit_s: 
         await asyncio.gather(*(worker(requests) for _ in range(concurrency)))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     quantiles = statistics.quantiles(latencies, n=100)
-    return LoadResult(len(latencies), errors, seconds, len(latencies) / seconds, quantiles[49] * 1000,
-                      quantiles[98] * 1000, cpu)
+    return LoadResult(
+        len(latencies), errors, seconds, len(latencies) / seconds, quantiles[49] * 1000, quantiles[98] * 1000, cpu
+    )
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ import numpy as np
 
 from service import images, v1, v2
 from service.batching import Batcher
-from service.errors import install_log_filter
+from service.errors import ApiError, install_log_filter
+from service.lifecycle import LIFECYCLE
 from service.middleware import GuardMiddleware
 from service.runtime import LoadedModel, load_repository, preflight, tune_gc
 from service.schemas import (
@@ -80,16 +81,20 @@ class TinyServe:
         }
         logger.info("ready: %s", ", ".join(k for k in self.models if "/" in k))
         tune_gc()
+        LIFECYCLE.install(self.settings.drain_seconds)
 
     def __is_ready__(self) -> bool:
         return self.is_ready()
 
     def is_ready(self) -> bool:
-        return bool(self.models)
+        return bool(self.models) and not LIFECYCLE.draining
 
     async def infer(self, model: LoadedModel, x: np.ndarray) -> np.ndarray:
         """The one inference path of every route: the model's batcher, then ONNX Runtime."""
-        return await self.batchers[f"{model.name}/{model.version}"](x)
+        out = await self.batchers[f"{model.name}/{model.version}"](x)
+        if not np.isfinite(out).all():  # e.g. V2 binary inputs near float32's limit
+            raise ApiError(400, f"the inputs are too large: {model.name}'s output overflows float32")
+        return out
 
     async def _infer(self, name: str, x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
         model = self.models[name]
@@ -165,5 +170,7 @@ class TinyServe:
 TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
     GuardMiddleware,
     max_body_bytes=SETTINGS.max_body_bytes,
+    max_concurrency=SETTINGS.max_concurrency,
+    lifecycle=LIFECYCLE,
     api_token=SETTINGS.api_token.get_secret_value() if SETTINGS.api_token else None,
 )

@@ -11,7 +11,9 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from service import openapi
 from service.errors import envelope, normalise
+from service.lifecycle import Lifecycle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,9 +47,20 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_concurrency: int,
+        lifecycle: Lifecycle,
+        api_token: str | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.lifecycle = lifecycle
+        self.in_flight = 0
         self.token = api_token.encode() if api_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,16 +69,35 @@ class GuardMiddleware:
             return
         method, path = scope["method"], scope["path"]
         accepts = next((types for route, types in ACCEPTS.items() if route.match(path)), None)
-        if method == "POST" and accepts is not None:
-            refusal = self._refuse(scope, accepts)
-            if refusal is not None:
-                await _respond(send, *refusal)
-                return
+        if method == "GET" and path == "/docs.json":
+            await self.app(scope, receive, _rewriting(send, openapi.rewrite))
+            return
+        if method != "POST" or accepts is None:
+            await self.app(scope, receive, _enveloping(send, method, path))
+            return
+        refusal = self._refuse(scope, accepts) or self._overloaded()
+        if refusal is not None:
+            await _respond(send, *refusal)
+            return
+        self.in_flight += 1
+        try:
             limited = await self._limited(scope, receive, send)
-            if limited is None:
-                return
-            receive = limited
-        await self.app(scope, receive, _enveloping(send, method, path))
+            if limited is not None:
+                await self.app(scope, limited, _enveloping(send, method, path))
+        finally:
+            self.in_flight -= 1
+
+    def _overloaded(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """Excess load becomes a fast 429 (or 503 while shutting down), not a growing queue."""
+        if self.lifecycle.draining:
+            return 503, envelope("the server is shutting down; send the request to another instance"), []
+        if self.in_flight >= self.max_concurrency:
+            message = (
+                f"server busy: {self.in_flight} requests in flight, the limit is {self.max_concurrency} "
+                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
+            )
+            return 429, envelope(message), [(b"retry-after", b"1")]
+        return None
 
     def _refuse(self, scope: Scope, accepts: tuple[str, ...]) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
         if self.token is not None:
@@ -116,6 +148,32 @@ class GuardMiddleware:
             return await receive()
 
         return replay
+
+
+def _rewriting(send: Send, rewrite: Callable[[bytes], bytes]) -> Send:
+    """A successful response's body, held and rewritten (the OpenAPI document: small, rarely asked)."""
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = rewrite(b"".join(chunks))
+        held["headers"] = [(k, v) for k, v in held["headers"] if k != b"content-length"] + [
+            (b"content-length", str(len(body)).encode())
+        ]
+        await send(held)
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 def _enveloping(send: Send, method: str, path: str) -> Send:

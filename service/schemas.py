@@ -25,7 +25,8 @@ MAX_ROWS = 4096  # rows per request on the tabular routes
 MAX_IMAGES = 256  # images per request on /v1/lenet/predict (a 32x32 image is ~8 KB of JSON)
 IMAGE_SIZES = (32, 28)  # 28x28 (MNIST-sized) images are zero-padded to 32x32
 
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+MAX_MAGNITUDE = 1e30  # the models compute in float32 (max ~3.4e38): larger inputs would overflow
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
 
 
@@ -81,6 +82,9 @@ def explain(error: dict[str, Any], fields: tuple[str, ...]) -> str:
         return f"{where}: unknown field (this endpoint takes only {', '.join(fields)})"
     if kind == "model_type":
         return f"request body must be a JSON object with {', '.join(fields)}, got {_got(error['input'])}"
+    limit = {"less_than_equal": ("at most", "le"), "greater_than_equal": ("at least", "ge")}.get(kind)
+    if limit is not None and "ctx" in error:
+        return f"{where}: expected a number {limit[0]} {error['ctx'][limit[1]]:g}, got {_got(error['input'])}"
     message = error["msg"][0].lower() + error["msg"][1:]
     if kind.startswith(("too_short", "too_long", "image_size")):
         return f"{where}: {message}"

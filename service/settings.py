@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         1000, ge=1, description="a queued request older than this is shed with 503 (batching only)"
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_concurrency: int = Field(
+        256, ge=1, description="model requests in flight per worker; more are answered 429 with Retry-After"
+    )
+    drain_seconds: float = Field(2.0, ge=0, description="on SIGTERM: seconds of 503 readiness before connections close")
     access_log: bool = Field(False, description="log every request (costs ~10% of throughput)")
     tracing: bool = Field(False, description="OpenTelemetry spans per request (when an exporter is configured)")
     api_token: SecretStr | None = Field(

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import tensors
+from service.errors import ApiError
 from service.schemas import explain
 
 SERVER_NAME = "tinyserve"
@@ -142,7 +143,10 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
         wanted = tensors.wanted_outputs(parsed, model.outputs)
     except tensors.TensorError as e:
         return _error(400, str(e))
-    (result,) = [await _service().infer(model, inputs[model.input_name])]
+    try:
+        result = await _service().infer(model, inputs[model.input_name])
+    except ApiError as e:
+        return _error(int(e.error_code), e.message)
     header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if parsed.id is not None:
         header["id"] = parsed.id

@@ -249,7 +249,7 @@ CASES: list[tuple[str, str, str, Any, str | None, int, str]] = [
         {"images": [[[0.0] * 31 + [255.0], *IMAGE_32[1:]]]},
         JSON,
         400,
-        "images[0][0][31]: input should be less than or equal to 1, got 255.0",
+        "images[0][0][31]: expected a number at most 1, got 255.0",
     ),
     (
         "negative pixel",
@@ -258,7 +258,7 @@ CASES: list[tuple[str, str, str, Any, str | None, int, str]] = [
         {"images": [[*IMAGE_32[:5], [-0.5] + [0.0] * 31, *IMAGE_32[6:]]]},
         JSON,
         400,
-        "images[0][5][0]: input should be greater than or equal to 0, got -0.5",
+        "images[0][5][0]: expected a number at least 0, got -0.5",
     ),
     (
         "too many images",

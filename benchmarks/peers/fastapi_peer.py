@@ -1,6 +1,6 @@
 """The peer: the same ONNX Runtime calls behind a minimal FastAPI + uvicorn app (no batching, no checks).
 
-    uvicorn benchmarks.peers.fastapi_peer:app --port 3300
+uvicorn benchmarks.peers.fastapi_peer:app --port 3300
 """
 
 import os
