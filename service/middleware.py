@@ -150,14 +150,14 @@ class GuardMiddleware:
         return replay
 
 
-def _rewriting(send: Send, rewrite: Callable[[bytes], bytes]) -> Send:
-    """A successful response's body, held and rewritten (the OpenAPI document: small, rarely asked)."""
+def _holding(send: Send, hold: Callable[[int], bool], rewrite: Callable[[int, bytes], bytes]) -> Send:
+    """Responses whose status `hold` picks are held whole, rewritten, and sent as JSON with a new length."""
     held: Message | None = None
     chunks: list[bytes] = []
 
     async def wrapped(message: Message) -> None:
         nonlocal held
-        if message["type"] == "http.response.start" and message["status"] == 200:
+        if message["type"] == "http.response.start" and hold(message["status"]):
             held = message
             return
         if held is None or message["type"] != "http.response.body":
@@ -166,43 +166,23 @@ def _rewriting(send: Send, rewrite: Callable[[bytes], bytes]) -> Send:
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = rewrite(b"".join(chunks))
-        held["headers"] = [(k, v) for k, v in held["headers"] if k != b"content-length"] + [
-            (b"content-length", str(len(body)).encode())
-        ]
+        body = rewrite(held["status"], b"".join(chunks))
+        headers = [(k, v) for k, v in held["headers"] if k not in (b"content-length", b"content-type")]
+        held["headers"] = [*headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send(held)
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
+
+
+def _rewriting(send: Send, rewrite: Callable[[bytes], bytes]) -> Send:
+    """A successful response, rewritten (the OpenAPI document: small, rarely asked)."""
+    return _holding(send, lambda status: status == 200, lambda _, body: rewrite(body))
 
 
 def _enveloping(send: Send, method: str, path: str) -> Send:
-    """Error responses (>= 400) are held, rewritten into the envelope, and sent with a new length."""
-    held: Message | None = None
-    chunks: list[bytes] = []
-
-    async def wrapped(message: Message) -> None:
-        nonlocal held
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            held = message
-            return
-        if held is None or message["type"] != "http.response.body":
-            await send(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = normalise(held["status"], b"".join(chunks), method, path)
-        headers = [(k, v) for k, v in held["headers"] if k not in (b"content-length", b"content-type")]
-        held["headers"] = [
-            *headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send(held)
-        await send({"type": "http.response.body", "body": body})
-
-    return wrapped
+    """Error responses (>= 400), rewritten into the one envelope."""
+    return _holding(send, lambda status: status >= 400, lambda status, body: normalise(status, body, method, path))
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

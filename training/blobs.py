@@ -16,7 +16,7 @@ import torch
 from sklearn.datasets import make_blobs
 from torch import nn
 
-from training.common import Trained, epochs_bar, plot_losses, rounded
+from training.common import Trained, epochs_bar, plot_losses, rounded, save_figure
 
 CENTERS = [[1, 1], [-1, -1], [1, -1], [-1, 1]]
 CLUSTER_STD = 0.3
@@ -118,7 +118,4 @@ def _plot(
     left.set_title("decision boundary (black: P = 0.5)")
     left.legend(loc="upper right")
     plot_losses(right, losses, "training BCE")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)

@@ -164,6 +164,16 @@ def rounded(values: dict[str, float], digits: int = 6) -> dict[str, float]:
     return {k: round(float(v), digits) for k, v in values.items()}
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """PNG next to the model, without the Matplotlib version in it (so that the bytes repeat)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def plot_losses(ax: Any, losses: Iterable[float], title: str = "training loss") -> None:
     ax.plot(list(losses))
     ax.set_yscale("log")

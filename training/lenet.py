@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import data
-from training.common import Trained, epochs_bar, plot_losses, rounded
+from training.common import Trained, epochs_bar, plot_losses, rounded, save_figure
 
 
 @dataclass
@@ -149,10 +149,7 @@ def _plot_confusion(confusion: np.ndarray, losses: list[float], path: Path) -> N
     accuracy = np.trace(confusion) / confusion.sum()
     left.set_title(f"held-out confusion matrix (accuracy {accuracy:.2%})")
     plot_losses(right, losses, "training cross-entropy")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_mistakes(x: torch.Tensor, y: torch.Tensor, predicted: torch.Tensor, path: Path) -> None:
@@ -166,7 +163,4 @@ def _plot_mistakes(x: torch.Tensor, y: torch.Tensor, predicted: torch.Tensor, pa
         ax.imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"true {int(y[i])}, got {int(predicted[i])}", fontsize=8)
     fig.suptitle(f"misclassified held-out digits ({int((predicted != y).sum())} of {len(y)})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)

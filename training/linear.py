@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.common import Trained, epochs_bar, plot_losses, rounded
+from training.common import Trained, epochs_bar, plot_losses, rounded, save_figure
 
 
 @dataclass
@@ -104,7 +104,4 @@ def _plot(x: torch.Tensor, y: torch.Tensor, model: nn.Module, losses: list[float
     left.legend()
     left.set_title("linear regression")
     plot_losses(right, losses)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.common import Trained, epochs_bar, plot_losses, rounded
+from training.common import Trained, epochs_bar, plot_losses, rounded, save_figure
 
 X_TRAIN = [[73, 80, 75], [93, 88, 93], [89, 91, 80], [96, 98, 100], [73, 66, 70]]
 Y_TRAIN = [[152], [185], [180], [196], [142]]
@@ -108,7 +108,4 @@ def _plot(y: np.ndarray, pred: np.ndarray, losses: list[float], path: Path) -> N
     left.set_ylabel("predicted")
     left.set_title("multivariate regression (training rows)")
     plot_losses(right, losses, "training MSE (raw units)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
