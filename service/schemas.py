@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -40,10 +41,17 @@ def _square_image(image: list[list[float]]) -> list[list[float]]:
     return image
 
 
+def _square_schema(side: int) -> dict[str, Any]:
+    pixel = {"type": "number", "minimum": 0, "maximum": 1}
+    row = {"type": "array", "items": pixel, "minItems": side, "maxItems": side}
+    return {"type": "array", "items": row, "minItems": side, "maxItems": side, "title": f"{side}x{side} image"}
+
+
 Image = Annotated[
     list[Annotated[list[Pixel], Field(min_length=28, max_length=32)]],
     Field(min_length=28, max_length=32),
     AfterValidator(_square_image),
+    WithJsonSchema({"anyOf": [_square_schema(side) for side in IMAGE_SIZES]}),  # what the validator enforces
 ]
 
 
