@@ -142,7 +142,7 @@ def test_overload_turns_into_fast_429s_and_the_server_recovers(tmp_path: Path) -
         ok = sorted(latency for status, latency, _ in results if status == 200)
         refused = sorted(latency for status, latency, _ in results if status == 429)
         assert ok[int(len(ok) * 0.99)] < 2.0  # p99 of the served requests stays bounded
-        assert refused[len(refused) // 2] < ok[len(ok) // 2]  # refusing is faster than serving
+        assert refused[int(len(refused) * 0.99)] < 1.0  # refusals come at once, never after a long queue
         busy = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]})
         assert busy.status_code == 200
         assert httpx.get(f"{server.url}/readyz").status_code == 200
