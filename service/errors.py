@@ -10,6 +10,7 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.responses import Response
 
 BENTOML_VALIDATION = re.compile(r"^\d+ validation errors? for ")
 
@@ -26,6 +27,15 @@ def envelope(error: str, detail: list[Any] | None = None) -> bytes:
     if detail:
         body["detail"] = detail
     return json.dumps(body).encode()
+
+
+def error_response(status: int, message: str, detail: list[Any] | None = None) -> Response:
+    """The envelope as a response, for the FastAPI-mounted routes (service.v1, service.v2)."""
+    return Response(envelope(message, detail), status_code=status, media_type="application/json")
+
+
+def unknown_model(name: str, known: list[str]) -> Response:
+    return error_response(404, f"unknown model {name!r}: expected one of {', '.join(known)}")
 
 
 def normalise(status: int, body: bytes, method: str, path: str) -> bytes:

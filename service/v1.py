@@ -12,8 +12,9 @@ from typing import Annotated, Any
 import bentoml
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
+from service.errors import error_response, unknown_model
 from service.images import ImageRejected
 from service.schemas import LenetImageResponse, ModelInfo, ModelList, explain
 
@@ -24,20 +25,12 @@ def _service() -> Any:
     return bentoml.get_current_service()
 
 
-def _error(status: int, message: str, detail: list[Any] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if detail:
-        body["detail"] = detail
-    return JSONResponse(status_code=status, content=body)
-
-
-def _unknown_model(name: str) -> JSONResponse:
-    known = ", ".join(_service().model_names())
-    return _error(404, f"unknown model {name!r}: expected one of {known}")
+def _unknown_model(name: str) -> Response:
+    return unknown_model(name, _service().model_names())
 
 
 @app.exception_handler(RequestValidationError)
-async def _refuse(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _refuse(request: Request, exc: RequestValidationError) -> Response:
     errors = [dict(e) | {"loc": tuple(e["loc"][1:])} for e in exc.errors()]  # drop "body"/"path"
     message = "; ".join(
         f"{e['loc'][0]}: expected a file upload, got a text field"
@@ -45,7 +38,7 @@ async def _refuse(request: Request, exc: RequestValidationError) -> JSONResponse
         else explain(e, ("image",))
         for e in errors[:3]
     )
-    return _error(400, message, [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors])
+    return error_response(400, message, [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors])
 
 
 @app.get("/models", response_model=ModelList, summary="Every served model: card, provider in use, readiness")
@@ -86,9 +79,9 @@ async def predict_lenet_image(
     try:
         return await _service().predict_image(await image.read())
     except ImageRejected as e:
-        return _error(e.status, str(e))
+        return error_response(e.status, str(e))
 
 
 @app.post("/{name}/predict", include_in_schema=False)
-def unknown_model_predict(name: str) -> JSONResponse:
+def unknown_model_predict(name: str) -> Response:
     return _unknown_model(name)

@@ -11,11 +11,11 @@ from typing import Any
 
 import bentoml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service import tensors
-from service.errors import ApiError
+from service.errors import ApiError, error_response, unknown_model
 from service.schemas import explain
 
 SERVER_NAME = "tinyserve"
@@ -28,22 +28,18 @@ def _service() -> Any:
     return bentoml.get_current_service()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
-
-
 def _resolve(name: str, version: str | None) -> Any:
     """The model, or a 404 response naming what exists."""
     service = _service()
     names = service.model_names()
     if name not in names:
-        return _error(404, f"unknown model '{name}': expected one of {', '.join(names)}")
+        return unknown_model(name, names)
     if version is None:
         return service.models[name]
     model = service.models.get(f"{name}/{version}")
     if model is None:
         versions = ", ".join(service.versions(name))
-        return _error(404, f"unknown version '{version}' of model '{name}': available versions are {versions}")
+        return error_response(404, f"unknown version '{version}' of model '{name}': available versions are {versions}")
     return model
 
 
@@ -72,7 +68,7 @@ def live() -> dict[str, bool]:
 @app.get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
 def ready() -> Any:
     if not _service().is_ready():
-        return _error(503, "not ready")
+        return error_response(503, "not ready")
     return {"ready": True}
 
 
@@ -142,11 +138,11 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
         inputs = tensors.decode_inputs(parsed, binary, model.inputs)
         wanted = tensors.wanted_outputs(parsed, model.outputs)
     except tensors.TensorError as e:
-        return _error(400, str(e))
+        return error_response(400, str(e))
     try:
         result = await _service().infer(model, inputs[model.input_name])
     except ApiError as e:
-        return _error(int(e.error_code), e.message)
+        return error_response(int(e.error_code), e.message)
     header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if parsed.id is not None:
         header["id"] = parsed.id
