@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format train bench fuzz soak clean
+.PHONY: help serve test lint format train bench fuzz soak clean system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,7 +27,18 @@ $(VENV)/.all: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
 	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.all lint  ## install everything, lint, run the whole test suite
+# System packages that the tests drive for real, installed with apt-get when missing (as root, as CI runs).
+APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core
+
+system-deps:  ## install the system packages the tests use (apt-get, as root), when missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make system-deps: missing $$missing; run it as root (apt-get)" >&2; exit 2; fi; \
+	  echo "installing system packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: $(VENV)/.all system-deps lint  ## install everything, lint, run the whole test suite
 	$(BIN)/pytest
 
 lint: $(VENV)/.all  ## ruff (lint + format check) and mypy --strict
