@@ -15,6 +15,9 @@ from typing import Any
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 CARD_SCHEMA_VERSION = 1
+# Every input value must be finite and at most this large: the models compute in float32 (max ~3.4e38),
+# and larger inputs overflow. Images (the classifiers of pictures) take pixels in [0, 1] instead.
+MAX_MAGNITUDE = 1e30
 
 
 class ModelRepositoryError(Exception):
@@ -55,6 +58,13 @@ class ModelCard:
     labels: tuple[str, ...] | None = None
     schema_version: int = CARD_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The one rule on input values, the same on every route and in the client: [low, high], finite."""
+        if self.task == "multiclass-classification":  # LeNet: a picture, ink high
+            return 0.0, 1.0
+        return -MAX_MAGNITUDE, MAX_MAGNITUDE
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -4,7 +4,8 @@ Only option parsing lives here; the work is `client.Scorer`. Every option also r
 variable (TINYSERVE_SCORE_<OPTION>), shown in --help.
 
 Exit codes: 0 every row scored; 1 some rows failed (error records in the output); 2 the run stopped
-(server unreachable after the retries, bad arguments): rerun with --resume; 130 interrupted (Ctrl-C).
+(server unreachable after the retries, bad arguments or files): rerun with --resume where rows were kept;
+3 the server refused the API token; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import click
 
-from client.backends import ServerUnavailable
+from client.backends import AuthenticationFailed, ServerUnavailable, default_models_dir
 from client.formats import FormatError
 from client.scorer import ResumeError, Scorer
+from modelrepo import ModelRepositoryError
 
 
 def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -38,8 +40,8 @@ def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
     "--models",
     "models_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("models"),
-    help="model repository for --local",
+    default=None,
+    help="model repository for --local [default: TINYSERVE_MODELS_DIR, else the models/ the service serves]",
 )
 @_option(
     "--protocol",
@@ -75,7 +77,7 @@ def main(
     output_path: Path,
     url: str | None,
     local: bool,
-    models_dir: Path,
+    models_dir: Path | None,
     protocol: str,
     chunk_size: int,
     concurrency: int,
@@ -100,7 +102,7 @@ def main(
         model=model,
         url=url,
         local=local,
-        models_dir=models_dir,
+        models_dir=models_dir or default_models_dir(),
         protocol=protocol,
         chunk_size=chunk_size,
         concurrency=concurrency,
@@ -114,11 +116,19 @@ def main(
     try:
         summary = scorer.score_file(input_path, output_path, resume=resume)
     except ServerUnavailable as e:
-        click.echo(
-            f"error: server unavailable: {e}\nthe finished chunks are kept: rerun with --resume to continue", err=True
+        parts = output_path.with_name(output_path.name + ".parts")
+        kept = len(list(parts.glob("*.jsonl"))) if parts.is_dir() else 0
+        then = (
+            f"{kept} finished chunks are kept in {parts}: rerun with --resume to continue"
+            if kept
+            else "nothing was scored: rerun once the server answers"
         )
+        click.echo(f"error: server unavailable: {e}\n{then}", err=True)
         sys.exit(2)
-    except (FormatError, ResumeError, ValueError) as e:
+    except AuthenticationFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    except (FormatError, ResumeError, ModelRepositoryError, ValueError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ ONNX Runtime in process. Each turns a float32 batch into one record per row."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,11 @@ class ServerUnavailable(RuntimeError):
 
 
 class ClientFault(ValueError):
-    """The server refused a chunk as the client's mistake (4xx other than 429): not retried."""
+    """The server refused a request as the client's mistake (4xx other than 401, 403 and 429): not retried."""
+
+
+class AuthenticationFailed(RuntimeError):
+    """The server refused the token (401 or 403): no row can succeed, so the run stops at once."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,11 @@ class ModelKind:
     task: str
     row_shape: tuple[int, ...]
     output: str
+    value_range: tuple[float, float]  # the card's rule on input values, the same the server checks
 
     @classmethod
     def from_card(cls, card: modelrepo.ModelCard) -> ModelKind:
-        return cls(card.name, card.task, card.inputs[0].shape[1:], card.outputs[0].name)
+        return cls(card.name, card.task, card.inputs[0].shape[1:], card.outputs[0].name, card.input_range)
 
     @property
     def fields(self) -> list[str]:
@@ -75,6 +81,12 @@ class Backend(Protocol):
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+
+def default_models_dir() -> Path:
+    """The repository the service serves: TINYSERVE_MODELS_DIR, else models/ beside this package."""
+    configured = os.environ.get("TINYSERVE_MODELS_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "models"
 
 
 class LocalBackend:
@@ -161,7 +173,12 @@ class RemoteBackend:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:200]
-            raise ClientFault(f"server refused the chunk ({response.status_code}): {message}")
+            if response.status_code in (401, 403):
+                raise AuthenticationFailed(
+                    f"{self.http.base_url} refused the API token ({response.status_code}): {message}; "
+                    "give the right one with --token or TINYSERVE_SCORE_TOKEN"
+                )
+            raise ClientFault(f"the server refused it ({response.status_code}): {message}")
         return response
 
     def send(self, method: str, path: str, content: bytes | None, headers: dict[str, str]) -> httpx.Response:

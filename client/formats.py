@@ -17,12 +17,27 @@ from typing import IO, Any
 
 import numpy as np
 
+from modelrepo import MAX_MAGNITUDE
+
 INPUTS = (".npy", ".csv", ".jsonl", ".parquet")
 OUTPUTS = (".jsonl", ".csv", ".npy", ".parquet")
 
 
+PARQUET_NEEDS_PYARROW = "{verb} .parquet needs pyarrow, which is not installed: pip install pyarrow"
+
+
 class FormatError(ValueError):
     """The file as a whole cannot be read or written (not one bad row): the run stops."""
+
+
+def check_formats(source: Path, output: Path) -> None:
+    """Refuse what this installation cannot read or write before any row is scored."""
+    for path, allowed, what, verb in ((source, INPUTS, "input", "reading"), (output, OUTPUTS, "output", "writing")):
+        if _suffix(path, allowed, what) == ".parquet":
+            try:
+                import pyarrow.parquet  # noqa: F401
+            except ImportError:
+                raise FormatError(PARQUET_NEEDS_PYARROW.format(verb=verb)) from None
 
 
 @dataclass
@@ -39,7 +54,8 @@ class RowShape:
     """What one row must look like: the model's input without the batch axis."""
 
     shape: tuple[int, ...]  # e.g. (1,), (3,), (1, 32, 32)
-    pixels: bool  # an image in [0, 1]
+    pixels: bool  # an image (28x28 rows are padded to 32x32)
+    value_range: tuple[float, float] = (-MAX_MAGNITUDE, MAX_MAGNITUDE)  # the card's rule, as the server checks it
 
     @property
     def size(self) -> int:
@@ -65,17 +81,19 @@ def check_row(values: Any, shape: RowShape) -> np.ndarray:
         raise ValueError(f"expected {shape.size} values {list(shape.shape)}, got {array.size}")
     if not np.isfinite(array).all():
         raise ValueError("NaN or Infinity; expected finite numbers")
-    if shape.pixels and (array.min() < 0 or array.max() > 1):
-        raise ValueError(f"pixels must be in [0, 1] (ink high), got values in [{array.min():g}, {array.max():g}]")
+    low, high = shape.value_range
+    if array.min() < low or array.max() > high:
+        what = "pixels must be in [0, 1] (ink high)" if shape.pixels else f"values must be in [{low:g}, {high:g}]"
+        raise ValueError(f"{what}, got values in [{array.min():g}, {array.max():g}]")
     return array.astype(np.float32).reshape(shape.shape)
 
 
 def _validate_block(chunk: Chunk, indices: list[int], block: np.ndarray, shape: RowShape) -> Chunk:
     """Check rows stacked in one array at once: vectorised masks; row by row only for the messages."""
     flat = block.reshape(len(indices), shape.size)
-    good = np.isfinite(flat).all(axis=1)
-    if shape.pixels:
-        good &= ((flat >= 0) & (flat <= 1)).all(axis=1)
+    low, high = shape.value_range
+    with np.errstate(invalid="ignore"):  # NaN compares False: refused by the isfinite mask anyway
+        good = np.isfinite(flat).all(axis=1) & ((flat >= low) & (flat <= high)).all(axis=1)
     chunk.x = flat[good].astype(np.float32, copy=False).reshape(-1, *shape.shape)
     chunk.indices = [index for index, ok in zip(indices, good.tolist(), strict=True) if ok]
     for i in np.flatnonzero(~good).tolist():
@@ -240,7 +258,7 @@ def _parquet_rows(path: Path, columns: list[str] | None) -> Iterator[tuple[int, 
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise FormatError("reading .parquet needs pyarrow: pip install 'tinyserve[parquet]'") from e
+        raise FormatError(PARQUET_NEEDS_PYARROW.format(verb="reading")) from e
     index = 0
     for batch in pq.ParquetFile(path).iter_batches(columns=columns or None):
         table = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(batch.num_columns)])
@@ -322,7 +340,7 @@ def _write_parquet(path: Path, fields: list[str], records: Iterable[dict[str, An
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise FormatError("writing .parquet needs pyarrow: pip install 'tinyserve[parquet]'") from e
+        raise FormatError(PARQUET_NEEDS_PYARROW.format(verb="writing")) from e
     types = {
         "row": pa.int64(),
         "y": pa.float32(),

@@ -22,10 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from client import formats
-from client.backends import Backend, ClientFault, LocalBackend, ModelKind, RemoteBackend
+from client.backends import (
+    AuthenticationFailed,
+    Backend,
+    ClientFault,
+    LocalBackend,
+    ModelKind,
+    RemoteBackend,
+    ServerUnavailable,
+    default_models_dir,
+)
 
 logger = logging.getLogger("tinyserve.client")
 
@@ -64,7 +74,7 @@ class Scorer:
     model: str
     url: str | None = None
     local: bool = False
-    models_dir: Path = Path("models")
+    models_dir: Path = field(default_factory=default_models_dir)
     protocol: str = "v2"  # or "json"
     chunk_size: int = 1024
     concurrency: int = 4
@@ -107,8 +117,10 @@ class Scorer:
     def score_file(self, source: Path, output: Path, *, resume: bool = False) -> Summary:
         kind = self.backend().kind
         chunk_rows = self._chunk_rows(kind)
-        shape = formats.RowShape(kind.row_shape, pixels=kind.task == "multiclass-classification")
-        formats._suffix(output, formats.OUTPUTS, "output")  # refuse a bad extension before any work
+        shape = formats.RowShape(
+            kind.row_shape, pixels=kind.task == "multiclass-classification", value_range=kind.value_range
+        )
+        formats.check_formats(source, output)  # a bad extension or a missing pyarrow: before any work
         parts = output.with_name(output.name + ".parts")
         done = _prepare_parts(parts, _fingerprint(source, self.model, chunk_rows, output), resume)
         summary = Summary()
@@ -125,6 +137,10 @@ class Scorer:
                 if chunk.start in done:
                     summary.rows_skipped += len(records)
                 progress.update(len(records))
+        except (ServerUnavailable, AuthenticationFailed):
+            if not any(parts.glob("*.jsonl")):  # nothing scored: leave nothing behind to --resume
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
         finally:
             progress.close()
             summary.seconds = time.perf_counter() - started
@@ -159,11 +175,7 @@ class Scorer:
     def _score_chunk(self, chunk: formats.Chunk, parts: Path) -> list[dict[str, Any]]:
         predictions: dict[int, dict[str, Any]] = {}
         if chunk.x is not None and len(chunk.x):
-            try:
-                scored = self.backend().predict(chunk.x)
-                predictions = dict(zip(chunk.indices, scored, strict=True))
-            except ClientFault as e:  # the server refused this chunk: every row of it gets the reason
-                predictions = {i: {"error": str(e)} for i in chunk.indices}
+            predictions = self._predict_rows(chunk.indices, chunk.x)
         records = []
         for index in range(chunk.start, chunk.start + chunk.count):
             if index in chunk.errors:
@@ -172,6 +184,17 @@ class Scorer:
                 records.append({"row": index} | predictions[index] | {"error": predictions[index].get("error")})
         _write_part(parts, chunk.start, records)
         return records
+
+    def _predict_rows(self, indices: list[int], x: np.ndarray) -> dict[int, dict[str, Any]]:
+        """Row index -> prediction. A refused request is split in halves until the refused rows are
+        found: each gets the server's reason in its own place, and the others their predictions."""
+        try:
+            return dict(zip(indices, self.backend().predict(x), strict=True))
+        except ClientFault as e:
+            if len(indices) == 1:
+                return {indices[0]: {"error": f"row {indices[0]}: {e}"}}
+            half = len(indices) // 2
+            return self._predict_rows(indices[:half], x[:half]) | self._predict_rows(indices[half:], x[half:])
 
 
 def _fingerprint(source: Path, model: str, chunk_rows: int, output: Path) -> dict[str, Any]:

@@ -14,13 +14,15 @@ import logging
 
 import bentoml
 import numpy as np
+from pydantic import ValidationError
 
+from modelrepo import ModelRepositoryError
 from service import images, v1, v2
 from service.batching import Batcher
 from service.errors import ApiError, install_log_filter
 from service.lifecycle import LIFECYCLE
 from service.middleware import GuardMiddleware
-from service.runtime import LoadedModel, load_repository, preflight, tune_gc
+from service.runtime import LoadedModel, ProviderUnavailable, load_repository, preflight, tune_gc
 from service.schemas import (
     BlobsRequest,
     BlobsResponse,
@@ -35,8 +37,26 @@ from service.schemas import (
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
-SETTINGS = Settings()
-preflight(SETTINGS)  # a tampered model or a missing provider stops `bentoml serve` here, not in a restart loop
+
+
+def _start_or_exit() -> Settings:
+    """Settings read and the repository checked before any worker starts, or one line and exit code 1.
+
+    A tampered or missing model file, an empty repository, a bad TINYSERVE_ variable or a missing provider
+    stops `bentoml serve` here, with the reason alone: not in a restart loop, not inside a traceback.
+    """
+    try:
+        settings = Settings()
+        preflight(settings)
+    except ValidationError as e:
+        problems = "; ".join(f"TINYSERVE_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise SystemExit(f"tinyserve: cannot start: {problems}") from None
+    except (ModelRepositoryError, ProviderUnavailable) as e:
+        raise SystemExit(f"tinyserve: cannot start: {e}") from None
+    return settings
+
+
+SETTINGS = _start_or_exit()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -23,10 +23,8 @@ class ApiError(BentoMLException):
 
 
 def envelope(error: str, detail: list[Any] | None = None) -> bytes:
-    body: dict[str, Any] = {"error": error}
-    if detail:
-        body["detail"] = detail
-    return json.dumps(body).encode()
+    """`{"error": <sentence>, "detail": [...]}`: every refusal, every route; `detail` is [] when there is none."""
+    return json.dumps({"error": error, "detail": detail or []}).encode()
 
 
 def error_response(status: int, message: str, detail: list[Any] | None = None) -> Response:

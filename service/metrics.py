@@ -28,6 +28,11 @@ PROVIDER = bentoml.metrics.Gauge(
     documentation="1 for the execution provider each model runs on",
     labelnames=[*_LABELS, "provider"],
 )
+REFUSED = bentoml.metrics.Counter(
+    name="tinyserve_requests_refused_total",
+    documentation="Model requests the guard answered itself, before any queue: 429 overload, 503 shutting down",
+    labelnames=["status"],
+)
 
 
 class ModelMetrics:

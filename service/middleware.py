@@ -1,4 +1,4 @@
-"""One pure-ASGI guard in front of every route: token, content type, body size, error envelope.
+"""One pure-ASGI guard in front of every route: token, content type, body size, overload, error envelope.
 
 Pure ASGI (not BaseHTTPMiddleware) so that a body over the limit is refused before it is read whole,
 with a Content-Length or without one (chunked), and so that nothing is buffered on the happy path.
@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from service import openapi
+from service import metrics, openapi
 from service.errors import envelope, normalise
 from service.lifecycle import Lifecycle
 
@@ -25,11 +25,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PREDICT_ROUTE = re.compile(r"^/v1/[^/]+/predict$")
 INFER_ROUTE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 UPLOAD_ROUTE = re.compile(r"^/v1/lenet/predict-image$")
+# What stays open when TINYSERVE_API_TOKEN is set: the probes an orchestrator calls, the metrics a scraper
+# reads, and the browser page's static files (code, no data: the page asks for the token). Everything else,
+# model cards and metadata included, needs the token.
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+OPEN_PREFIX = "/ui"
 ACCEPTS = {
     PREDICT_ROUTE: ("application/json", ""),
     INFER_ROUTE: ("application/json", "application/octet-stream", ""),  # Triton's client sends none
     UPLOAD_ROUTE: ("multipart/form-data",),
 }
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
 
 
 def _content_type(scope: Scope) -> str:
@@ -68,14 +77,23 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
+        if self.token is not None and not _is_open(path) and not self._authorised(scope):
+            message = "missing or invalid API token: send 'Authorization: Bearer <token>'"
+            await _respond(send, 401, envelope(message), [(b"www-authenticate", b"Bearer")])
+            return
         accepts = next((types for route, types in ACCEPTS.items() if route.match(path)), None)
         if method == "GET" and path == "/docs.json":
             await self.app(scope, receive, _rewriting(send, openapi.rewrite))
             return
+        if method in ("GET", "HEAD") and path == "/":
+            await _respond(send, 200, openapi.DOCS_PAGE, [], content_type=b"text/html; charset=utf-8")
+            return
         if method != "POST" or accepts is None:
             await self.app(scope, receive, _enveloping(send, method, path))
             return
-        refusal = self._refuse(scope, accepts) or self._overloaded()
+        refusal = self._refuse(scope, accepts)
+        if refusal is None and (refusal := self._overloaded()) is not None:
+            metrics.REFUSED.labels(status=str(refusal[0])).inc()
         if refusal is not None:
             await _respond(send, *refusal)
             return
@@ -100,12 +118,6 @@ class GuardMiddleware:
         return None
 
     def _refuse(self, scope: Scope, accepts: tuple[str, ...]) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
-        if self.token is not None:
-            given = _header(scope, b"authorization") or b""
-            scheme, _, token = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
-                message = "missing or invalid API token: send 'Authorization: Bearer <token>'"
-                return 401, envelope(message), [(b"www-authenticate", b"Bearer")]
         got = _content_type(scope)
         if got not in accepts:
             expected = " or ".join(a for a in accepts if a)
@@ -117,6 +129,11 @@ class GuardMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return 413, envelope(self._too_large(length.decode("latin-1"))), []
         return None
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = _header(scope, b"authorization") or b""
+        scheme, _, token = given.partition(b" ")
+        return scheme.lower() == b"bearer" and self.token is not None and hmac.compare_digest(token.strip(), self.token)
 
     def _too_large(self, got: str) -> str:
         return f"request body too large: {got} bytes, the limit is {self.max_body_bytes} (TINYSERVE_MAX_BODY_BYTES)"
@@ -185,15 +202,22 @@ def _enveloping(send: Send, method: str, path: str) -> Send:
     return _holding(send, lambda status: status >= 400, lambda status, body: normalise(status, body, method, path))
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    content_type: bytes = b"application/json",
+) -> None:
+    closing = [(b"connection", b"close")] if status >= 400 else []  # a refused body may be left unread
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *closing,
                 *headers,
             ],
         }

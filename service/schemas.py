@@ -22,11 +22,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from modelrepo import MAX_MAGNITUDE  # the one rule on values, shared with V2 and the client
+
 MAX_ROWS = 4096  # rows per request on the tabular routes
 MAX_IMAGES = 256  # images per request on /v1/lenet/predict (a 32x32 image is ~8 KB of JSON)
 IMAGE_SIZES = (32, 28)  # 28x28 (MNIST-sized) images are zero-padded to 32x32
 
-MAX_MAGNITUDE = 1e30  # the models compute in float32 (max ~3.4e38): larger inputs would overflow
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
 

@@ -125,7 +125,21 @@ def _check_against(tensor: RequestInput, spec: TensorSpec) -> tuple[np.dtype[Any
     return DATATYPES[tensor.datatype], math.prod(shape)
 
 
-def _from_json(tensor: RequestInput, dtype: np.dtype[Any], count: int) -> np.ndarray:
+def _check_values(tensor: RequestInput, values: np.ndarray, value_range: tuple[float, float]) -> None:
+    """The model's one rule on values (modelrepo.ModelCard.input_range): finite, within [low, high]."""
+    low, high = value_range
+    flat = values.reshape(-1)
+    if not np.isfinite(flat).all():
+        raise TensorError(f"input '{tensor.name}': data contains NaN or Infinity; expected finite numbers")
+    if flat.size and (flat.min() < low or flat.max() > high):
+        first = int(np.flatnonzero((flat < low) | (flat > high))[0])
+        row = first // max(1, math.prod(tensor.shape[1:]))
+        raise TensorError(
+            f"input '{tensor.name}': row {row} has the value {flat[first]:g}; expected numbers in [{low:g}, {high:g}]"
+        )
+
+
+def _from_json(tensor: RequestInput, dtype: np.dtype[Any], count: int, value_range: tuple[float, float]) -> np.ndarray:
     if tensor.data is None:
         raise TensorError(f"input '{tensor.name}': no data; give 'data' or parameters.binary_data_size")
     try:
@@ -143,6 +157,8 @@ def _from_json(tensor: RequestInput, dtype: np.dtype[Any], count: int) -> np.nda
         raise TensorError(
             f"input '{tensor.name}': shape {_shape_text(tensor.shape)} needs {count} values, data has {raw.size}"
         )
+    if dtype.kind == "f":
+        _check_values(tensor, raw, value_range)  # before the cast: 1e39 would become inf in float32
     return raw.astype(dtype, copy=False).reshape(tensor.shape)
 
 
@@ -164,8 +180,10 @@ def _from_binary(tensor: RequestInput, dtype: np.dtype[Any], count: int, binary:
     return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(tensor.shape)
 
 
-def decode_inputs(request: InferenceRequest, binary: memoryview, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """The request's input tensors, checked against the model's inputs, in the model's dtypes."""
+def decode_inputs(
+    request: InferenceRequest, binary: memoryview, specs: list[TensorSpec], value_range: tuple[float, float]
+) -> dict[str, np.ndarray]:
+    """The request's input tensors, checked against the model's inputs and value range, in the model's dtypes."""
     by_name = {s.name: s for s in specs}
     names = ", ".join(by_name)
     arrays: dict[str, np.ndarray] = {}
@@ -182,10 +200,10 @@ def decode_inputs(request: InferenceRequest, binary: memoryview, specs: list[Ten
                 raise TensorError(f"input '{tensor.name}': give either data or binary_data_size, not both")
             arrays[tensor.name] = _from_binary(tensor, dtype, count, binary, offset)
             offset += count * dtype.itemsize
+            if dtype.kind == "f":
+                _check_values(tensor, arrays[tensor.name], value_range)
         else:
-            arrays[tensor.name] = _from_json(tensor, dtype, count)
-        if dtype.kind == "f" and not np.isfinite(arrays[tensor.name]).all():
-            raise TensorError(f"input '{tensor.name}': data contains NaN or Infinity; expected finite numbers")
+            arrays[tensor.name] = _from_json(tensor, dtype, count, value_range)
     missing = [n for n in by_name if n not in arrays]
     if missing:
         raise TensorError(f"missing input {', '.join(repr(m) for m in missing)}: the model's inputs are {names}")

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from service import tensors
+from service import __version__, tensors
 from service.errors import ApiError, error_response, unknown_model
 from service.schemas import explain
 
@@ -55,9 +55,7 @@ def _metadata(model: Any) -> dict[str, Any]:
 
 @app.get("/v2", summary="Server metadata")
 def server_metadata() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    return {"name": SERVER_NAME, "version": version("tinyserve"), "extensions": ["binary_tensor_data"]}
+    return {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @app.get("/v2/health/live", summary="Liveness")
@@ -135,7 +133,7 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
             parsed = tensors.InferenceRequest.model_validate_json(json_part)
         except ValidationError as e:
             raise tensors.TensorError(_explain(e)) from None
-        inputs = tensors.decode_inputs(parsed, binary, model.inputs)
+        inputs = tensors.decode_inputs(parsed, binary, model.inputs, model.entry.card.input_range)
         wanted = tensors.wanted_outputs(parsed, model.outputs)
     except tensors.TensorError as e:
         return error_response(400, str(e))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -51,3 +52,13 @@ def render(image8: np.ndarray, size: tuple[int, int], *, dark_on_light: bool, fm
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return buffer.getvalue()
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """The sum of a /metrics sample's values over the series whose labels include `labels` (0 if none)."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )

@@ -23,6 +23,7 @@ import psutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import metric
 from tests.server import Server, launch, running, stop, wait_ready
 
 FUZZ_EXAMPLES = int(os.environ.get("TINYSERVE_FUZZ_EXAMPLES", "150"))  # per route; `make fuzz` raises it
@@ -106,7 +107,7 @@ def test_v2_framings_never_get_a_5xx_or_hang(http: httpx.Client, request: tuple[
     r = http.post(path, content=body, headers=headers, timeout=10)
     assert r.status_code in (200, 400, 404), (path, body[:300], r.text)
     if r.status_code != 200:
-        assert set(r.json()) == {"error"}
+        assert set(r.json()) == {"error", "detail"}
 
 
 def _flood(url: str, concurrency: int, seconds: float) -> list[tuple[int, float, str | None]]:
@@ -132,17 +133,21 @@ def _flood(url: str, concurrency: int, seconds: float) -> list[tuple[int, float,
     return asyncio.run(run())
 
 
-def test_overload_turns_into_fast_429s_and_the_server_recovers(tmp_path: Path) -> None:
+def test_overload_turns_into_429s_that_never_reach_the_model_and_the_server_recovers(tmp_path: Path) -> None:
+    """Past the limit, requests are refused by the guard itself: none is queued, none runs the model.
+
+    (How fast a refusal comes is a timing, measured by `make bench`; here the behaviour is counted.)
+    """
     with running(tmp_path / "server.log", {"TINYSERVE_MAX_CONCURRENCY": "4"}) as server:
         results = _flood(server.url, concurrency=64, seconds=4)
         statuses = Counter(status for status, _, _ in results)
-        assert set(statuses) <= {200, 429, 503}, statuses
+        assert set(statuses) <= {200, 429}, statuses
         assert statuses[429] > 0 and statuses[200] > 0, statuses
         assert all(after == "1" for status, _, after in results if status == 429)
-        ok = sorted(latency for status, latency, _ in results if status == 200)
-        refused = sorted(latency for status, latency, _ in results if status == 429)
-        assert ok[int(len(ok) * 0.99)] < 2.0  # p99 of the served requests stays bounded
-        assert refused[int(len(refused) * 0.99)] < 1.0  # refusals come at once, never after a long queue
+        # every refusal was counted by the guard, and only the served requests' rows ran through ONNX Runtime
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "tinyserve_requests_refused_total", status="429") == statuses[429]
+        assert metric(text, "tinyserve_rows_inferred_total", model="lenet") == 16 * statuses[200]
         busy = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]})
         assert busy.status_code == 200
         assert httpx.get(f"{server.url}/readyz").status_code == 200

@@ -14,7 +14,7 @@ import pytest
 
 from service.runtime import CPU, CUDA, ProviderUnavailable, choose_providers
 from service.settings import Settings
-from tests.helpers import run_onnx
+from tests.helpers import metric, run_onnx
 from tests.server import REPO, Server, launch, running, stop
 
 AZURE = "AzureExecutionProvider"
@@ -66,7 +66,10 @@ def _start_and_fail(tmp_path: Path, env: dict[str, str]) -> str:
     finally:
         stop(server)
     assert server.process.returncode not in (0, None)
-    return server.output()
+    output = server.output()
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinyserve: cannot start: "), output  # the reason alone
+    return output
 
 
 def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
@@ -88,32 +91,71 @@ def test_missing_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> No
     assert f"{models / 'blobs' / '1' / 'model.onnx'}: model file is missing" in output
 
 
+def test_an_empty_repository_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(tmp_path / "models")})
+    assert output == f"tinyserve: cannot start: {tmp_path / 'models'}: no models found\n"
+
+
+def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
+    output = _start_and_fail(tmp_path, {"TINYSERVE_WORKERS": "many"})
+    assert output == (
+        "tinyserve: cannot start: TINYSERVE_WORKERS: Input should be a valid integer, "
+        "unable to parse string as an integer\n"
+    )
+
+
 def test_cuda_required_on_a_cpu_only_build_never_becomes_ready(tmp_path: Path) -> None:
     output = _start_and_fail(tmp_path, {"TINYSERVE_PROVIDERS": "cuda"})
     assert "TINYSERVE_PROVIDERS=cuda, but this onnxruntime build offers only" in output
 
 
-def test_api_token_guards_predict_routes_only(tmp_path: Path) -> None:
+OPEN_ROUTES = ("/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+GUARDED_GETS = (
+    "/",
+    "/docs.json",
+    "/static_content/swagger-ui.css",
+    "/v1/models",
+    "/v1/models/linear",
+    "/v2",
+    "/v2/models/linear",
+    "/v2/models/linear/ready",
+    "/v2/models/linear/versions/1",
+    "/v2/models/linear/versions/1/ready",
+)
+GUARDED_POSTS = (
+    ("/v1/linear/predict", {"json": {"x": [1.0]}}),
+    (
+        "/v2/models/linear/infer",
+        {"json": {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}},
+    ),
+    ("/v1/lenet/predict-image", {"files": {"image": ("x.png", b"", "image/png")}}),
+)
+
+
+def test_api_token_guards_every_route_but_probes_and_metrics(tmp_path: Path) -> None:
     env = {"TINYSERVE_API_TOKEN": "s3cret-token"}
+    refused = {"error": "missing or invalid API token: send 'Authorization: Bearer <token>'", "detail": []}
     with running(tmp_path / "server.log", env) as server, httpx.Client(base_url=server.url) as http:
-        body = {"x": [1.0]}
-        missing = http.post("/v1/linear/predict", json=body)
-        assert missing.status_code == 401
-        assert missing.json() == {"error": "missing or invalid API token: send 'Authorization: Bearer <token>'"}
-        assert missing.headers["www-authenticate"] == "Bearer"
-        wrong = http.post("/v1/linear/predict", json=body, headers={"Authorization": "Bearer s3cret-tokeX"})
-        assert wrong.status_code == 401
-        ok = http.post("/v1/linear/predict", json=body, headers={"Authorization": "Bearer s3cret-token"})
-        assert ok.status_code == 200
-        upload = http.post("/v1/lenet/predict-image", files={"image": ("x.png", b"", "image/png")})
-        assert upload.status_code == 401
-        for open_route in ("/livez", "/readyz", "/metrics", "/v1/models"):
-            assert http.get(open_route).status_code == 200, open_route
+        token = {"Authorization": "Bearer s3cret-token"}
+        for route in GUARDED_GETS:
+            for headers in ({}, {"Authorization": "Bearer s3cret-tokeX"}, {"Authorization": "s3cret-token"}):
+                r = http.get(route, headers=headers)
+                assert (r.status_code, r.json()) == (401, refused), route
+                assert r.headers["www-authenticate"] == "Bearer"
+            assert http.get(route, headers=token).status_code == 200, route
+        for route, body in GUARDED_POSTS:
+            r = http.post(route, **body)  # type: ignore[arg-type]
+            assert (r.status_code, r.json()) == (401, refused), route
+            assert http.post(route, headers=token, **body).status_code != 401, route  # type: ignore[arg-type]
+        r = http.post("/v1/linear/predict", json={"x": [1.0]}, headers=token)
+        assert r.status_code == 200 and len(r.json()["y"]) == 1
+        for route in OPEN_ROUTES:
+            assert http.get(route).status_code == 200, route
 
 
 def _metric(text: str, name: str, model: str) -> float:
-    pattern = rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} ([0-9.e+]+)$'
-    return sum(float(v) for v in re.findall(pattern, text, flags=re.M))
+    return metric(text, name, model=model)
 
 
 def test_concurrent_single_rows_are_merged_and_each_caller_gets_its_own(server: Server) -> None:
