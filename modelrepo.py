@@ -15,9 +15,11 @@ from typing import Any
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 CARD_SCHEMA_VERSION = 1
-# Every input value must be finite and at most this large: the models compute in float32 (max ~3.4e38),
+# Every input value must be finite and at most 1e30 in magnitude: the models compute in float32 (max ~3.4e38),
 # and larger inputs overflow. Images (the classifiers of pictures) take pixels in [0, 1] instead.
-MAX_MAGNITUDE = 1e30
+# The bound is float32(1e30), exact in float32 and float64 alike, so that a value passes or fails the same
+# whether it is checked as JSON text, as float64 or as float32 bytes.
+MAX_MAGNITUDE = 1.0000000150474662e30
 
 
 class ModelRepositoryError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -159,28 +160,30 @@ class _FlakyProxy(BaseHTTPRequestHandler):
     upstream = ""
     failures = 0
     status = 503
+    poison: bytes | None = None  # a request whose body holds these bytes is refused with 400
     seen: list[int] = []  # noqa: RUF012  (class-level state of a test double)
 
     def do_GET(self) -> None:
         self._forward()
 
     def do_POST(self) -> None:
-        if "/infer" in self.path and _FlakyProxy.failures > 0:
-            _FlakyProxy.failures -= 1
-            self.rfile.read(int(self.headers["content-length"]))
-            body = json.dumps({"error": "busy"}).encode()
-            self.send_response(self.status)
+        length = int(self.headers["content-length"])
+        content = self.rfile.read(length)
+        poisoned = _FlakyProxy.poison is not None and _FlakyProxy.poison in content
+        if "/infer" in self.path and (_FlakyProxy.failures > 0 or poisoned):
+            _FlakyProxy.failures -= 0 if poisoned else 1
+            body = json.dumps({"error": "busy", "detail": []}).encode()
+            status = 400 if poisoned else _FlakyProxy.status
+            self.send_response(status)
             self.send_header("content-length", str(len(body)))
             self.send_header("retry-after", "0")
             self.end_headers()
             self.wfile.write(body)
-            _FlakyProxy.seen.append(self.status)
+            _FlakyProxy.seen.append(status)
             return
-        self._forward()
+        self._forward(content)
 
-    def _forward(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else None
+    def _forward(self, body: bytes | None = None) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
         r = httpx.request(self.command, self.upstream + self.path, content=body, headers=headers, timeout=30)
         self.send_response(r.status_code)
@@ -199,7 +202,7 @@ class _FlakyProxy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky(server: Server) -> Iterator[str]:
-    _FlakyProxy.upstream, _FlakyProxy.seen = server.url, []
+    _FlakyProxy.upstream, _FlakyProxy.seen, _FlakyProxy.poison = server.url, [], None
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
@@ -230,16 +233,18 @@ def test_overloaded_answers_are_retried_with_backoff(
     assert out.read_bytes() == local_digits.read_bytes()
 
 
-def test_a_client_error_is_not_retried(flaky: str, tmp_path: Path) -> None:
-    _FlakyProxy.failures, _FlakyProxy.status = 1, 400
+def test_a_refused_row_is_found_and_refused_in_its_own_place_without_retries(flaky: str, tmp_path: Path) -> None:
+    """The server refuses any request holding row 1 (x = 2.0): the chunk is split until that row is alone."""
+    _FlakyProxy.poison = struct.pack("<f", 2.0)
     source = tmp_path / "x.csv"
     source.write_text("x\n1\n2\n3\n")
     out = tmp_path / "out.jsonl"
     score("linear", str(source), str(out), "--url", flaky, "--chunk-size", "2", "--concurrency", "1", check=1)
-    assert _FlakyProxy.seen == [400, 200]
+    assert _FlakyProxy.seen == [400, 200, 400, 200]  # rows 0-1, row 0, row 1, row 2: nothing sent twice
     records = read_jsonl(out)
-    assert records[0]["error"] == records[1]["error"] == "server refused the chunk (400): busy"
-    assert records[2]["error"] is None
+    assert [r["row"] for r in records] == [0, 1, 2]
+    assert records[1]["error"] == "row 1: the server refused it (400): busy"
+    assert records[0]["error"] is None and records[2]["error"] is None
 
 
 def test_a_dead_server_fails_the_run_with_a_clear_message(tmp_path: Path) -> None:
@@ -258,6 +263,9 @@ def test_a_dead_server_fails_the_run_with_a_clear_message(tmp_path: Path) -> Non
         check=2,
     )
     assert "error: server unavailable: http://127.0.0.1:9/v1/models/linear: ConnectError" in result.stderr
+    assert result.stderr.endswith("nothing was scored: rerun once the server answers\n")
+    assert not (tmp_path / "out.jsonl.parts").exists()  # nothing to --resume, so a plain rerun works
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def _big_digits(tmp_path: Path, n: int) -> Path:
@@ -400,3 +408,59 @@ def test_options_read_their_environment_variables(server: Server, tmp_path: Path
     for option in ("--url", "--chunk-size", "--concurrency", "--timeout", "--retries", "--resume", "--quiet"):
         assert option in help_text
     assert "TINYSERVE_SCORE_CHUNK_SIZE" in help_text and "default: 1024" in help_text
+
+
+def test_out_of_range_rows_become_the_same_error_records_on_every_protocol(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "x.csv"
+    source.write_text("x\n1\n1e31\n-2\n-1e30\n")
+    outputs = {}
+    for mode in (["--protocol", "v2"], ["--protocol", "json"], ["--local"]):
+        out = tmp_path / f"{mode[-1]}.jsonl"
+        target = ["--local"] if mode == ["--local"] else ["--url", server.url, *mode]
+        score("linear", str(source), str(out), *target, "--chunk-size", "4", check=1)
+        outputs[mode[-1]] = out.read_bytes()
+    assert outputs["v2"] == outputs["json"] == outputs["--local"]
+    records = read_jsonl(tmp_path / "v2.jsonl")
+    assert records[1]["error"] == "row 1: values must be in [-1e+30, 1e+30], got values in [1e+31, 1e+31]"
+    assert [r["error"] is None for r in records] == [True, False, True, True]
+
+
+def test_a_refused_token_stops_the_run_at_once_with_its_own_exit_code(tmp_path: Path) -> None:
+    source = tmp_path / "x.csv"
+    source.write_text("x\n1\n2\n")
+    out = tmp_path / "out.jsonl"
+    with running(tmp_path / "server.log", {"TINYSERVE_API_TOKEN": "right"}) as server:
+        result = score("linear", str(source), str(out), "--url", server.url, "--token", "wrong", check=3)
+        assert result.stderr == (
+            f"error: {server.url} refused the API token (401): missing or invalid API token: "
+            "send 'Authorization: Bearer <token>'; give the right one with --token or TINYSERVE_SCORE_TOKEN\n"
+        )
+        assert not out.exists() and not (tmp_path / "out.jsonl.parts").exists()
+        score("linear", str(source), str(out), "--url", server.url, "--token", "right")
+        assert [r["error"] for r in read_jsonl(out)] == [None, None]
+
+
+def test_local_scoring_finds_the_served_repository_from_any_directory(tmp_path: Path) -> None:
+    source = tmp_path / "x.csv"
+    source.write_text("x\n1\n")
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [*SCORE, "linear", str(source), str(out), "--local", "--quiet"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_jsonl(out)[0]["y"] == pytest.approx(12.0805, abs=1e-3)
+    missing = tmp_path / "nowhere"
+    result = score("linear", str(source), str(out), "--local", check=2, env={"TINYSERVE_MODELS_DIR": str(missing)})
+    assert result.stderr == f"error: {missing}: model repository directory not found\n"
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_row_is_scored(tmp_path: Path) -> None:
+    blocker = tmp_path / "site"
+    (blocker / "pyarrow").mkdir(parents=True)
+    (blocker / "pyarrow" / "__init__.py").write_text("raise ImportError('No module named pyarrow')\n")
+    source = tmp_path / "x.csv"
+    source.write_text("x\n1\n")
+    out = tmp_path / "out.parquet"
+    result = score("linear", str(source), str(out), "--local", check=2, env={"PYTHONPATH": str(blocker)})
+    assert result.stderr == "error: writing .parquet needs pyarrow, which is not installed: pip install pyarrow\n"
+    assert not out.exists() and not (tmp_path / "out.parquet.parts").exists()

@@ -323,7 +323,7 @@ def test_bad_infer_request_is_refused_with_a_clear_error(
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = http.post(path, content=content, headers={"content-type": "application/json"} | headers)
     assert r.status_code == status, r.text
-    assert r.json() == {"error": message}
+    assert r.json() == {"error": message, "detail": []}
 
 
 @pytest.mark.parametrize(
