@@ -14,14 +14,14 @@ help:  ## list the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Serving needs only bentoml, onnxruntime, numpy and pydantic: no torch.
+# Serving and its clients (the batch scorer, Triton's client): no torch.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve]'
+	$(BIN)/pip install --quiet -e '.[serve,client,triton]'
 	@touch $@
 
-# Everything: serving, training (torch==2.13.0 from local disk), client, and the dev tools.
+# Everything: serving, clients, training (torch==2.13.0 from local disk), and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,train,client,parquet,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,client,triton,train,dev]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)

@@ -12,6 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+import service
 from tests.helpers import held_out_digits, run_onnx, upscale_32
 from tests.server import Server
 
@@ -38,7 +39,7 @@ def test_server_health_and_metadata(client: triton.InferenceServerClient) -> Non
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata() == {
         "name": "tinyserve",
-        "version": "0.1.0",
+        "version": service.__version__,
         "extensions": ["binary_tensor_data"],
     }
 
