@@ -20,7 +20,7 @@ from service.batching import Batcher
 from service.errors import ApiError, install_log_filter
 from service.lifecycle import LIFECYCLE
 from service.middleware import GuardMiddleware
-from service.runtime import LoadedModel, load_repository, preflight, tune_gc
+from service.runtime import LoadedModel, load_repository, start_up, tune_gc
 from service.schemas import (
     BlobsRequest,
     BlobsResponse,
@@ -31,12 +31,15 @@ from service.schemas import (
     ModelInfo,
     MultilinearRequest,
     RegressionResponse,
+    RuntimeInfo,
 )
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
 SETTINGS = Settings()
-preflight(SETTINGS)  # a tampered model or a missing provider stops `bentoml serve` here, not in a restart loop
+# Before any worker starts: a tampered model or a provider that cannot run stops `bentoml serve` here with
+# one line, not in a restart loop; the cores decide the number of workers, which BentoML reads right here.
+ENTRIES, RUNTIME = start_up(SETTINGS)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
 
 @bentoml.service(
     name="tinyserve",
-    workers=SETTINGS.workers,
+    workers=RUNTIME.shape.workers,
     traffic={"timeout": 30},
     metrics={"enabled": True},
     logging={"access": {"enabled": SETTINGS.access_log}},
@@ -68,7 +71,8 @@ class TinyServe:
     def __init__(self) -> None:
         install_log_filter()
         self.settings = SETTINGS
-        self.models: dict[str, LoadedModel] = load_repository(self.settings)
+        self.runtime = RUNTIME
+        self.models: dict[str, LoadedModel] = load_repository(ENTRIES, RUNTIME)
         self.batchers = {
             key: Batcher(
                 model,
@@ -159,8 +163,23 @@ class TinyServe:
             version=model.version,
             versions=versions,
             provider=model.provider,
+            provider_options=model.provider_options,
             ready=True,
             card=model.entry.card.to_dict(),
+        )
+
+    def runtime_info(self) -> RuntimeInfo:
+        runtime = self.runtime
+        return RuntimeInfo(
+            cores=runtime.cores.available,
+            cpu_affinity=runtime.cores.affinity,
+            cgroup_cpu_quota=runtime.cores.quota,
+            workers=runtime.shape.workers,
+            intra_op_threads=runtime.shape.threads,
+            spinning=runtime.shape.spinning,
+            provider=runtime.provider,
+            provider_options=runtime.provider_options,
+            cuda_fallback=runtime.fallback or None,
         )
 
     def model_names(self) -> list[str]:
