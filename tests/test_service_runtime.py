@@ -16,7 +16,7 @@ from service.machine import Cores, Shape
 from service.runtime import CPU, CUDA, ProviderUnavailable, Runtime, choose_providers
 from service.settings import Settings
 from tests.helpers import Reference
-from tests.server import REPO, Server, launch, running, stop
+from tests.server import REPO, Server, refused_start, running
 
 AZURE = "AzureExecutionProvider"
 
@@ -80,20 +80,6 @@ def test_session_options_carry_the_threads_and_spinning() -> None:
     assert Runtime.from_env(runtime.to_env()) == runtime
 
 
-def _start_and_fail(tmp_path: Path, env: dict[str, str]) -> str:
-    """Start a server that must refuse to start: it exits non-zero at once, with one line and no traceback."""
-    server = launch(tmp_path / "server.log", env)
-    try:
-        server.process.wait(timeout=60)
-    finally:
-        stop(server)
-    assert server.process.returncode not in (0, None)
-    output = server.output()
-    assert "Traceback" not in output and "loaded" not in output, output  # no worker ever started
-    (line,) = [line for line in output.splitlines() if line.strip()]
-    return line
-
-
 def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(REPO / "models", models)
@@ -101,7 +87,7 @@ def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> N
     data = bytearray(target.read_bytes())
     data[1000] ^= 0xFF
     target.write_bytes(bytes(data))
-    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(models)})
     assert output.startswith(f"tinyserve: refusing to start: {target}: sha256 mismatch")
 
 
@@ -109,14 +95,14 @@ def test_missing_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> No
     models = tmp_path / "models"
     shutil.copytree(REPO / "models", models)
     (models / "blobs" / "1" / "model.onnx").unlink()
-    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(models)})
     assert output.startswith(
         f"tinyserve: refusing to start: {models / 'blobs' / '1' / 'model.onnx'}: model file is missing"
     )
 
 
 def test_cuda_required_on_a_cpu_only_build_never_becomes_ready(tmp_path: Path) -> None:
-    output = _start_and_fail(tmp_path, {"TINYSERVE_PROVIDERS": "cuda"})
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_PROVIDERS": "cuda"})
     assert output == (
         "tinyserve: refusing to start: TINYSERVE_PROVIDERS=cuda, but this onnxruntime build offers only "
         "AzureExecutionProvider, CPUExecutionProvider; install onnxruntime-gpu on a machine with a CUDA GPU, "
