@@ -192,4 +192,5 @@ TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
     max_concurrency=SETTINGS.max_concurrency,
     lifecycle=LIFECYCLE,
     api_token=SETTINGS.api_token.get_secret_value() if SETTINGS.api_token else None,
+    quick_ack=SETTINGS.quick_ack,
 )

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         256, ge=1, description="model requests in flight per worker; more are answered 429 with Retry-After"
     )
     drain_seconds: float = Field(2.0, ge=0, description="on SIGTERM: seconds of 503 readiness before connections close")
+    quick_ack: bool = Field(
+        True, description="acknowledge request bodies at once (TCP_QUICKACK): Nagle clients otherwise stall ~40 ms"
+    )
     access_log: bool = Field(False, description="log every request (costs ~10% of throughput)")
     tracing: bool = Field(False, description="OpenTelemetry spans per request (when an exporter is configured)")
     api_token: SecretStr | None = Field(

@@ -141,3 +141,9 @@ def test_settings_override_the_shape_and_start_logs_it_once(tmp_path: Path) -> N
         assert started.endswith("-> 2 workers x 1 intra-op threads, spinning on; CPUExecutionProvider")
         loaded = [line for line in lines if "loaded lenet/1 " in line]
         assert len(loaded) == 2 and all("intra-op threads 1," in line for line in loaded)  # one per worker
+
+
+def test_request_bodies_are_acknowledged_promptly(server: Server) -> None:
+    """TCP_QUICKACK reaches uvicorn's socket through BentoML's middlewares (tritonclient's Nagle stall)."""
+    assert httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}).status_code == 200
+    assert "prompt ACKs while reading request bodies: on" in server.output()
