@@ -38,7 +38,15 @@ system-deps:  ## install the system packages the tests use (apt-get, as root), w
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: $(VENV)/.all system-deps lint  ## install everything, lint, run the whole test suite
+# onnxruntime's GPU build, without its CUDA libraries, in a folder of its own (both wheels install the
+# package `onnxruntime`): tests/test_cuda_build.py serves on it to check the CUDA start-up probe on a
+# machine without a GPU. About 255 MB, downloaded once per clone.
+ORT_GPU := $(VENV)/onnxruntime-gpu
+$(ORT_GPU)/.installed: | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps --target $(ORT_GPU) onnxruntime-gpu==1.31.1
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run the whole test suite
 	$(BIN)/pytest
 
 lint: $(VENV)/.all  ## ruff (lint + format check) and mypy --strict

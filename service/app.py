@@ -14,15 +14,13 @@ import logging
 
 import bentoml
 import numpy as np
-from pydantic import ValidationError
 
-from modelrepo import ModelRepositoryError
 from service import images, v1, v2
 from service.batching import Batcher
 from service.errors import ApiError, install_log_filter
 from service.lifecycle import LIFECYCLE
 from service.middleware import GuardMiddleware
-from service.runtime import LoadedModel, ProviderUnavailable, load_repository, preflight, tune_gc
+from service.runtime import LoadedModel, load_repository, read_settings, start_up, tune_gc
 from service.schemas import (
     BlobsRequest,
     BlobsResponse,
@@ -33,30 +31,14 @@ from service.schemas import (
     ModelInfo,
     MultilinearRequest,
     RegressionResponse,
+    RuntimeInfo,
 )
-from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
-
-
-def _start_or_exit() -> Settings:
-    """Settings read and the repository checked before any worker starts, or one line and exit code 1.
-
-    A tampered or missing model file, an empty repository, a bad TINYSERVE_ variable or a missing provider
-    stops `bentoml serve` here, with the reason alone: not in a restart loop, not inside a traceback.
-    """
-    try:
-        settings = Settings()
-        preflight(settings)
-    except ValidationError as e:
-        problems = "; ".join(f"TINYSERVE_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
-        raise SystemExit(f"tinyserve: cannot start: {problems}") from None
-    except (ModelRepositoryError, ProviderUnavailable) as e:
-        raise SystemExit(f"tinyserve: cannot start: {e}") from None
-    return settings
-
-
-SETTINGS = _start_or_exit()
+SETTINGS = read_settings()
+# Before any worker starts: a tampered model or a provider that cannot run stops `bentoml serve` here with
+# one line, not in a restart loop; the cores decide the number of workers, which BentoML reads right here.
+ENTRIES, RUNTIME = start_up(SETTINGS)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,7 +58,7 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
 
 @bentoml.service(
     name="tinyserve",
-    workers=SETTINGS.workers,
+    workers=RUNTIME.shape.workers,
     traffic={"timeout": 30},
     metrics={"enabled": True},
     logging={"access": {"enabled": SETTINGS.access_log}},
@@ -88,7 +70,8 @@ class TinyServe:
     def __init__(self) -> None:
         install_log_filter()
         self.settings = SETTINGS
-        self.models: dict[str, LoadedModel] = load_repository(self.settings)
+        self.runtime = RUNTIME
+        self.models: dict[str, LoadedModel] = load_repository(ENTRIES, RUNTIME)
         self.batchers = {
             key: Batcher(
                 model,
@@ -179,8 +162,23 @@ class TinyServe:
             version=model.version,
             versions=versions,
             provider=model.provider,
+            provider_options=model.provider_options,
             ready=True,
             card=model.entry.card.to_dict(),
+        )
+
+    def runtime_info(self) -> RuntimeInfo:
+        runtime = self.runtime
+        return RuntimeInfo(
+            cores=runtime.cores.available,
+            cpu_affinity=runtime.cores.affinity,
+            cgroup_cpu_quota=runtime.cores.quota,
+            workers=runtime.shape.workers,
+            intra_op_threads=runtime.shape.threads,
+            spinning=runtime.shape.spinning,
+            provider=runtime.provider,
+            provider_options=runtime.provider_options,
+            cuda_fallback=runtime.fallback or None,
         )
 
     def model_names(self) -> list[str]:
@@ -193,4 +191,5 @@ TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
     max_concurrency=SETTINGS.max_concurrency,
     lifecycle=LIFECYCLE,
     api_token=SETTINGS.api_token.get_secret_value() if SETTINGS.api_token else None,
+    quick_ack=SETTINGS.quick_ack,
 )

@@ -14,6 +14,7 @@ from typing import Any
 from service import metrics, openapi
 from service.errors import envelope, normalise
 from service.lifecycle import Lifecycle
+from service.tcp import QuickAck
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,6 +65,7 @@ class GuardMiddleware:
         max_concurrency: int,
         lifecycle: Lifecycle,
         api_token: str | None = None,
+        quick_ack: bool = True,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -71,6 +73,7 @@ class GuardMiddleware:
         self.lifecycle = lifecycle
         self.in_flight = 0
         self.token = api_token.encode() if api_token else None
+        self.quick_ack = QuickAck(enabled=quick_ack)  # a Nagle client's large body must not wait 40 ms for our ACK
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,7 +102,7 @@ class GuardMiddleware:
             return
         self.in_flight += 1
         try:
-            limited = await self._limited(scope, receive, send)
+            limited = await self._limited(scope, self.quick_ack(receive), send)
             if limited is not None:
                 await self.app(scope, limited, _enveloping(send, method, path))
         finally:

@@ -198,9 +198,31 @@ class ModelInfo(BaseModel):
     version: str
     versions: list[str] = Field(description="every version loaded; requests without a version get the latest")
     provider: str = Field(description="the ONNX Runtime execution provider actually in use")
+    provider_options: dict[str, str] = Field(
+        description="the provider's chosen options as ONNX Runtime reports them for this model's session "
+        "(CUDA: device_id, use_tf32, cudnn_conv_algo_search; none on the CPU)",
+        examples=[{"device_id": "0", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}],
+    )
     ready: bool
     card: dict[str, Any] = Field(description="the model card (card.json)")
 
 
+class RuntimeInfo(BaseModel):
+    """How this server spends the machine, decided once at start-up (TINYSERVE_* settings override it)."""
+
+    cores: int = Field(description="CPU cores available to the server: its CPU affinity, capped by a cgroup quota")
+    cpu_affinity: int = Field(description="CPUs the process may run on")
+    cgroup_cpu_quota: float | None = Field(description="the cgroup CPU limit in cores; null when unlimited")
+    workers: int = Field(description="server worker processes")
+    intra_op_threads: int = Field(description="ONNX Runtime intra-op threads per worker")
+    spinning: bool = Field(description="whether idle ONNX Runtime threads spin")
+    provider: str = Field(description="the execution provider every model runs on")
+    provider_options: dict[str, str] = Field(description="the provider options asked for")
+    cuda_fallback: str | None = Field(
+        description="with TINYSERVE_PROVIDERS=auto on a CUDA build: why CUDA could not run (null otherwise)"
+    )
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    runtime: RuntimeInfo

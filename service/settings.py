@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +19,16 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when available, else CPU; cuda: refuse to start without CUDA"
     )
-    workers: int = Field(1, ge=1, description="server worker processes")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = CPU cores / workers")
+    workers: int = Field(0, ge=0, description="server worker processes; 0 = one per 4 available cores (at least 1)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = available cores / workers")
+    spinning: bool = Field(
+        False, description="let ONNX Runtime's idle intra-op threads spin: off, as it burns cores other work needs"
+    )
+    cuda_tf32: bool = Field(False, description="CUDA: TF32 matrix maths (faster on Ampere+, ~1e-3 off float32)")
+    cuda_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="CUDA: how cuDNN picks convolution algorithms (EXHAUSTIVE times them all per shape)"
+    )
+    cuda_device: int = Field(0, ge=0, description="CUDA: the device id each worker runs on")
     batching: bool = Field(True, description="merge concurrent requests into larger ONNX Runtime calls")
     max_batch_rows: int = Field(256, ge=1, description="most rows in one merged ONNX Runtime call")
     max_latency_ms: int = Field(
@@ -32,13 +39,11 @@ class Settings(BaseSettings):
         256, ge=1, description="model requests in flight per worker; more are answered 429 with Retry-After"
     )
     drain_seconds: float = Field(2.0, ge=0, description="on SIGTERM: seconds of 503 readiness before connections close")
+    quick_ack: bool = Field(
+        True, description="acknowledge request bodies at once (TCP_QUICKACK): Nagle clients otherwise stall ~40 ms"
+    )
     access_log: bool = Field(False, description="log every request (costs ~10% of throughput)")
     tracing: bool = Field(False, description="OpenTelemetry spans per request (when an exporter is configured)")
     api_token: SecretStr | None = Field(
         None, description="when set, predict routes require 'Authorization: Bearer <token>'"
     )
-
-    def intra_op_threads(self) -> int:
-        if self.threads:
-            return self.threads
-        return max(1, (os.cpu_count() or 1) // self.workers)

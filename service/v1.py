@@ -41,10 +41,14 @@ async def _refuse(request: Request, exc: RequestValidationError) -> Response:
     return error_response(400, message, [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors])
 
 
-@app.get("/models", response_model=ModelList, summary="Every served model: card, provider in use, readiness")
+@app.get(
+    "/models",
+    response_model=ModelList,
+    summary="Every served model (card, provider in use, readiness) and the runtime: cores, workers, threads",
+)
 def list_models() -> ModelList:
     service = _service()
-    return ModelList(models=[service.model_info(n) for n in service.model_names()])
+    return ModelList(models=[service.model_info(n) for n in service.model_names()], runtime=service.runtime_info())
 
 
 @app.get(

@@ -7,9 +7,12 @@ typed /v1 routes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio
 import bentoml
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -20,6 +23,15 @@ from service.schemas import explain
 
 SERVER_NAME = "tinyserve"
 PLATFORM = "onnxruntime_onnx"
+
+# Work on a large body runs on a thread so that the event loop keeps serving other requests; smaller ones
+# stay on the loop, where the hop to a thread (~0.1-0.3 ms) would cost more than the work. Measured per
+# body: JSON tensors ~1.3 ms for 83 KB (256 LeNet images: 69 ms), binary tensors 0.4 ms for 1 MB; JSON
+# outputs ~2 us a value (1,024 LeNet rows of logits: 18 ms).
+THREAD_JSON_BYTES = 64 * 1024
+THREAD_BINARY_BYTES = 1024 * 1024
+THREAD_JSON_VALUES = 1024
+T = TypeVar("T")
 
 app = FastAPI(title="tinyserve Open Inference Protocol (V2)")
 
@@ -128,23 +140,19 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
         return model
     body = await request.body()
     try:
-        json_part, binary = tensors.split_body(body, request.headers.get(tensors.HEADER))
-        try:
-            parsed = tensors.InferenceRequest.model_validate_json(json_part)
-        except ValidationError as e:
-            raise tensors.TensorError(_explain(e)) from None
-        inputs = tensors.decode_inputs(parsed, binary, model.inputs, model.entry.card.input_range)
-        wanted = tensors.wanted_outputs(parsed, model.outputs)
+        parsed, x, wanted = await decode_request(body, request.headers.get(tensors.HEADER), model)
     except tensors.TensorError as e:
         return error_response(400, str(e))
     try:
-        result = await _service().infer(model, inputs[model.input_name])
+        result = await _service().infer(model, x)
     except ApiError as e:
         return error_response(int(e.error_code), e.message)
     header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    content, json_length = tensors.encode_response(header, [(spec, binary, result) for spec, binary in wanted])
+    outputs = [(spec, binary, result) for spec, binary in wanted]
+    as_json = sum(result.size for _, binary in wanted if not binary)
+    content, json_length = await _on_thread_if(as_json > THREAD_JSON_VALUES, tensors.encode_response, header, outputs)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -152,6 +160,31 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(json_length)},
     )
+
+
+Decoded = tuple[tensors.InferenceRequest, np.ndarray, list[tuple[tensors.TensorSpec, bool]]]
+
+
+async def decode_request(body: bytes, header_length: str | None, model: Any) -> Decoded:
+    """The request, the model's input array and the wanted outputs; a large body is decoded on a thread."""
+    json_part, binary = tensors.split_body(body, header_length)
+    heavy = len(json_part) > THREAD_JSON_BYTES or len(binary) > THREAD_BINARY_BYTES
+    return await _on_thread_if(heavy, _decode, json_part, binary, model)
+
+
+def _decode(json_part: bytes, binary: memoryview, model: Any) -> Decoded:
+    try:
+        parsed = tensors.InferenceRequest.model_validate_json(json_part)
+    except ValidationError as e:
+        raise tensors.TensorError(_explain(e)) from None
+    inputs = tensors.decode_inputs(parsed, binary, model.inputs, model.entry.card.input_range)
+    return parsed, inputs[model.input_name], tensors.wanted_outputs(parsed, model.outputs)
+
+
+async def _on_thread_if(heavy: bool, function: Callable[..., T], *args: Any) -> T:
+    if not heavy:
+        return function(*args)
+    return await anyio.to_thread.run_sync(function, *args)
 
 
 def _explain(error: ValidationError) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.helpers import Reference
 from tests.server import Server, running
 
 
@@ -21,3 +22,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def http(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def reference(server: Server) -> Reference:
+    """ONNX Runtime in process on the provider and options the shared server reports: its expected answers."""
+    return Reference(httpx.get(f"{server.url}/v1/models", timeout=30).json())

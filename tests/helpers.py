@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,46 @@ def session(name: str) -> ort.InferenceSession:
 def run_onnx(name: str, x: np.ndarray) -> np.ndarray:
     out: np.ndarray = session(name).run(None, {"x": np.asarray(x, dtype=np.float32)})[0]
     return out
+
+
+# Served answers against ONNX Runtime in process on the same provider and options: bit for bit on the
+# CPU. On CUDA within this: the server merges requests into other batch sizes, for which cuDNN and cuBLAS
+# may pick other algorithms (summation orders); with TF32 off such differences are ~1e-6 on LeNet's
+# logits (measured CUDA against CPU on an H100: 2.9e-6), so 1e-5 absolute plus 1e-5 relative.
+CUDA_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+class Reference:
+    """ONNX Runtime in process, on the provider, options, threads and spinning the server reports."""
+
+    def __init__(self, catalog: dict[str, Any]) -> None:
+        self.runtime = catalog["runtime"]
+        self.provider = self.runtime["provider"]
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.tolerance = {"rtol": 0.0, "atol": 0.0} if self.provider == "CPUExecutionProvider" else CUDA_TOLERANCE
+
+    def session(self, name: str) -> ort.InferenceSession:
+        if name not in self.sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.runtime["intra_op_threads"]
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if self.runtime["spinning"] else "0"
+            )
+            provider = (self.provider, self.runtime["provider_options"])
+            path = str(REPO / "models" / name / "1" / "model.onnx")
+            self.sessions[name] = ort.InferenceSession(path, options, providers=[provider])
+            assert self.sessions[name].get_providers()[0] == self.provider
+        return self.sessions[name]
+
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.session(name).run(None, {"x": np.asarray(x, dtype=np.float32)})[0]
+        return out
+
+    def assert_matches(self, got: Any, name: str, x: np.ndarray) -> None:
+        """`got` (an array or nested lists) is what ONNX Runtime gives for `x` on the server's provider."""
+        expected = self.run(name, x)
+        got = np.asarray(got, dtype=np.float32).reshape(expected.shape)
+        np.testing.assert_allclose(got, expected, **self.tolerance)  # with 0 and 0: bit for bit
 
 
 @cache

@@ -93,6 +93,20 @@ def stop(server: Server) -> None:
                 child.kill()
 
 
+def refused_start(log: Path, env: dict[str, str] | None = None) -> str:
+    """Start a server that must refuse to start: it exits non-zero at once, with one line and no traceback."""
+    server = launch(log, env)
+    try:
+        server.process.wait(timeout=120)
+    finally:
+        stop(server)
+    assert server.process.returncode not in (0, None)
+    output = server.output()
+    assert "Traceback" not in output and "] loaded " not in output, output  # and no worker ever started
+    (line,) = [line for line in output.splitlines() if line.strip()]
+    return line
+
+
 @contextlib.contextmanager
 def running(log: Path, env: dict[str, str] | None = None, **kwargs: object) -> Iterator[Server]:
     server = launch(log, env, **kwargs)  # type: ignore[arg-type]

@@ -9,51 +9,50 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, held_out_digits, render, run_onnx, upscale_32
+from tests.helpers import REPO, Reference, held_out_digits, render, upscale_32
 from tests.server import Server
 
 
-def test_linear_predicts_about_7x_plus_5(http: httpx.Client) -> None:
+def test_linear_predicts_about_7x_plus_5(http: httpx.Client, reference: Reference) -> None:
     x = [-2.0, 0.0, 1.0, 2.0, 3.5]
     r = http.post("/v1/linear/predict", json={"x": x})
     assert r.status_code == 200
     body = r.json()
     assert (body["model"], body["version"]) == ("linear", "1")
-    expected = run_onnx("linear", np.array(x).reshape(-1, 1)).ravel()
-    np.testing.assert_allclose(body["y"], expected, rtol=0, atol=1e-6)
+    reference.assert_matches(body["y"], "linear", np.array(x).reshape(-1, 1))
     slope, intercept = (body["y"][4] - body["y"][0]) / 5.5, body["y"][1]
     assert abs(slope - 7) < 0.5 and abs(intercept - 5) < 0.5  # the truth, within the sample's noise
 
 
-def test_multilinear_predicts_the_exam_rows(http: httpx.Client) -> None:
+def test_multilinear_predicts_the_exam_rows(http: httpx.Client, reference: Reference) -> None:
     rows = [[73, 80, 75], [93, 88, 93], [89, 91, 80], [96, 98, 100], [73, 66, 70]]
     r = http.post("/v1/multilinear/predict", json={"x": rows})
     assert r.status_code == 200
     y = r.json()["y"]
-    np.testing.assert_allclose(y, run_onnx("multilinear", np.array(rows)).ravel(), rtol=0, atol=1e-6)
+    reference.assert_matches(y, "multilinear", np.array(rows))
     np.testing.assert_allclose(y, [152, 185, 180, 196, 142], atol=0.3)
 
 
-def test_blobs_puts_minus1_1_in_class_1(http: httpx.Client) -> None:
+def test_blobs_puts_minus1_1_in_class_1(http: httpx.Client, reference: Reference) -> None:
     points = [[1, 1], [-1, 1], [1, -1], [-1, -1]]
     r = http.post("/v1/blobs/predict", json={"x": points})
     assert r.status_code == 200
     body = r.json()
     assert body["labels"] == [0, 1, 1, 0]
-    np.testing.assert_allclose(body["probabilities"], run_onnx("blobs", np.array(points)).ravel(), atol=1e-6)
+    reference.assert_matches(body["probabilities"], "blobs", np.array(points))
     assert body["probabilities"][1] >= 0.9
 
 
-def test_lenet_reads_held_out_digits(http: httpx.Client) -> None:
+def test_lenet_reads_held_out_digits(http: httpx.Client, reference: Reference) -> None:
     images8, labels = held_out_digits()
     batch = np.stack([upscale_32(im) for im in images8[:100]])
     r = http.post("/v1/lenet/predict", json={"images": batch.tolist()})
     assert r.status_code == 200
     body = r.json()
-    logits = run_onnx("lenet", batch[:, None])
+    logits = reference.run("lenet", batch[:, None])
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
-    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
+    np.testing.assert_allclose(body["probabilities"], expected, atol=max(1e-6, reference.tolerance["atol"]))
     assert body["labels"] == expected.argmax(1).tolist()
     assert np.mean(np.array(body["labels"]) == labels[:100]) >= 0.99
 
@@ -97,12 +96,12 @@ def test_predict_image_accepts_light_ink_on_dark_too(http: httpx.Client) -> None
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-3)
 
 
-def test_bentoml_sync_client_calls_the_typed_routes(server: Server) -> None:
+def test_bentoml_sync_client_calls_the_typed_routes(server: Server, reference: Reference) -> None:
     with bentoml.SyncHTTPClient(server.url) as client:
         linear = client.predict_linear({"x": [1.0]})
         blobs = client.predict_blobs({"x": [[-1.0, 1.0]]})
     assert linear["model"] == "linear"
-    assert linear["y"] == pytest.approx([float(run_onnx("linear", np.array([[1.0]]))[0, 0])], abs=1e-6)
+    reference.assert_matches(linear["y"], "linear", np.array([[1.0]]))
     assert blobs["labels"] == [1]
 
 

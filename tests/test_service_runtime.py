@@ -12,10 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.runtime import CPU, CUDA, ProviderUnavailable, choose_providers
+from service.machine import Cores, Shape
+from service.runtime import CPU, CUDA, ProviderUnavailable, Runtime, choose_providers
 from service.settings import Settings
-from tests.helpers import metric, run_onnx
-from tests.server import REPO, Server, launch, running, stop
+from tests.helpers import Reference, metric
+from tests.server import REPO, Server, refused_start, running
 
 AZURE = "AzureExecutionProvider"
 
@@ -47,9 +48,17 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.providers, settings.workers, settings.max_batch_rows) == ("cpu", 2, 64)
     assert settings.api_token is not None and settings.api_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
-    assert settings.intra_op_threads() >= 1
     monkeypatch.setenv("TINYSERVE_THREADS", "3")
-    assert Settings().intra_op_threads() == 3
+    monkeypatch.setenv("TINYSERVE_SPINNING", "true")
+    monkeypatch.setenv("TINYSERVE_CUDA_TF32", "1")
+    monkeypatch.setenv("TINYSERVE_CUDA_CONV_ALGO_SEARCH", "EXHAUSTIVE")
+    settings = Settings()
+    assert (settings.threads, settings.spinning, settings.cuda_tf32, settings.cuda_conv_algo_search) == (
+        3,
+        True,
+        True,
+        "EXHAUSTIVE",
+    )
 
 
 def test_settings_refuse_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,18 +67,17 @@ def test_settings_refuse_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def _start_and_fail(tmp_path: Path, env: dict[str, str]) -> str:
-    """Start a server that must refuse to start: it exits non-zero, having never been ready."""
-    server = launch(tmp_path / "server.log", env)
-    try:
-        server.process.wait(timeout=60)
-    finally:
-        stop(server)
-    assert server.process.returncode not in (0, None)
-    output = server.output()
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tinyserve: cannot start: "), output  # the reason alone
-    return output
+def test_session_options_carry_the_threads_and_spinning() -> None:
+    runtime = Runtime(Cores(affinity=16, quota=None), Shape(workers=4, threads=4, spinning=False), CPU, {})
+    options = runtime.session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (4, 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = Runtime(runtime.cores, Shape(1, 16, spinning=True), CPU, {})
+    assert spinning.session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert runtime.providers() == [CPU]
+    options_ = {"device_id": "0", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+    assert Runtime(runtime.cores, runtime.shape, CUDA, options_).providers() == [(CUDA, options_), CPU]
+    assert Runtime.from_env(runtime.to_env()) == runtime
 
 
 def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
@@ -79,35 +87,41 @@ def test_tampered_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> N
     data = bytearray(target.read_bytes())
     data[1000] ^= 0xFF
     target.write_bytes(bytes(data))
-    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
-    assert f"{target}: sha256 mismatch" in output
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(models)})
+    assert output.startswith(f"tinyserve: refusing to start: {target}: sha256 mismatch")
 
 
 def test_missing_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(REPO / "models", models)
     (models / "blobs" / "1" / "model.onnx").unlink()
-    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(models)})
-    assert f"{models / 'blobs' / '1' / 'model.onnx'}: model file is missing" in output
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(models)})
+    assert output.startswith(
+        f"tinyserve: refusing to start: {models / 'blobs' / '1' / 'model.onnx'}: model file is missing"
+    )
 
 
 def test_an_empty_repository_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
-    output = _start_and_fail(tmp_path, {"TINYSERVE_MODELS_DIR": str(tmp_path / "models")})
-    assert output == f"tinyserve: cannot start: {tmp_path / 'models'}: no models found\n"
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(tmp_path / "models")})
+    assert output == f"tinyserve: refusing to start: {tmp_path / 'models'}: no models found"
 
 
 def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
-    output = _start_and_fail(tmp_path, {"TINYSERVE_WORKERS": "many"})
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_WORKERS": "many"})
     assert output == (
-        "tinyserve: cannot start: TINYSERVE_WORKERS: Input should be a valid integer, "
-        "unable to parse string as an integer\n"
+        "tinyserve: refusing to start: TINYSERVE_WORKERS: Input should be a valid integer, "
+        "unable to parse string as an integer"
     )
 
 
 def test_cuda_required_on_a_cpu_only_build_never_becomes_ready(tmp_path: Path) -> None:
-    output = _start_and_fail(tmp_path, {"TINYSERVE_PROVIDERS": "cuda"})
-    assert "TINYSERVE_PROVIDERS=cuda, but this onnxruntime build offers only" in output
+    output = refused_start(tmp_path / "server.log", {"TINYSERVE_PROVIDERS": "cuda"})
+    assert output == (
+        "tinyserve: refusing to start: TINYSERVE_PROVIDERS=cuda, but this onnxruntime build offers only "
+        "AzureExecutionProvider, CPUExecutionProvider; install onnxruntime-gpu on a machine with a CUDA GPU, "
+        "or use auto/cpu"
+    )
 
 
 OPEN_ROUTES = ("/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
@@ -158,7 +172,7 @@ def _metric(text: str, name: str, model: str) -> float:
     return metric(text, name, model=model)
 
 
-def test_concurrent_single_rows_are_merged_and_each_caller_gets_its_own(server: Server) -> None:
+def test_concurrent_single_rows_are_merged_and_each_caller_gets_its_own(server: Server, reference: Reference) -> None:
     xs = [float(i) / 7 for i in range(96)]
 
     async def call_all() -> list[httpx.Response]:
@@ -168,10 +182,9 @@ def test_concurrent_single_rows_are_merged_and_each_caller_gets_its_own(server: 
     before = httpx.get(f"{server.url}/metrics").text
     responses = asyncio.run(call_all())
     after = httpx.get(f"{server.url}/metrics").text
-    expected = run_onnx("linear", np.array(xs).reshape(-1, 1)).ravel()
-    for x, want, response in zip(xs, expected, responses, strict=True):
+    for x, response in zip(xs, responses, strict=True):
         assert response.status_code == 200
-        assert response.json()["y"] == pytest.approx([want], abs=1e-6), x
+        reference.assert_matches(response.json()["y"], "linear", np.array([[x]]))
     rows = _metric(after, "tinyserve_batch_rows_sum", "linear") - _metric(before, "tinyserve_batch_rows_sum", "linear")
     calls = _metric(after, "tinyserve_batch_rows_count", "linear") - _metric(
         before, "tinyserve_batch_rows_count", "linear"

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 import service
-from tests.helpers import held_out_digits, run_onnx, upscale_32
+from tests.helpers import Reference, held_out_digits, upscale_32
 from tests.server import Server
 
 FEATURES = {"linear": (1,), "multilinear": (3,), "blobs": (2,), "lenet": (1, 32, 32)}
@@ -62,7 +62,12 @@ def test_model_metadata_comes_from_the_onnx_file(client: triton.InferenceServerC
 @pytest.mark.parametrize("batch", [1, 256])
 @pytest.mark.parametrize(("binary_in", "binary_out"), [(True, True), (True, False), (False, True), (False, False)])
 def test_infer_matches_onnx_runtime_run_directly(
-    client: triton.InferenceServerClient, name: str, batch: int, binary_in: bool, binary_out: bool
+    client: triton.InferenceServerClient,
+    reference: Reference,
+    name: str,
+    batch: int,
+    binary_in: bool,
+    binary_out: bool,
 ) -> None:
     x = _inputs(name, batch)
     tensor = triton.InferInput("x", list(x.shape), "FP32")
@@ -71,18 +76,20 @@ def test_infer_matches_onnx_runtime_run_directly(
     result = client.infer(name, [tensor], outputs=[wanted], request_id=f"{name}-{batch}")
     got = result.as_numpy(OUTPUTS[name])
     assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, run_onnx(name, x))
+    reference.assert_matches(got, name, x)
     response = result.get_response()
     assert (response["model_name"], response["model_version"], response["id"]) == (name, "1", f"{name}-{batch}")
 
 
-def test_infer_without_named_outputs_returns_them_all_in_binary(client: triton.InferenceServerClient) -> None:
+def test_infer_without_named_outputs_returns_them_all_in_binary(
+    client: triton.InferenceServerClient, reference: Reference
+) -> None:
     x = _inputs("blobs", 5)
     tensor = triton.InferInput("x", [5, 2], "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("blobs", [tensor], model_version="1")
     assert result.get_response()["outputs"][0]["parameters"] == {"binary_data_size": 20}
-    np.testing.assert_array_equal(result.as_numpy("probability"), run_onnx("blobs", x))
+    reference.assert_matches(result.as_numpy("probability"), "blobs", x)
 
 
 def test_v2_and_the_typed_route_give_exactly_the_same_output(

@@ -1,0 +1,89 @@
+"""The heavy work of a large V2 body runs off the event loop; a small body's stays on it (cheaper inline).
+
+Counted in event-loop turns, not seconds: while a coroutine decodes on the loop, no other task runs at
+all; while it waits for a thread, the loop keeps turning (and would serve other requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelrepo
+from service import v2
+from service.machine import Cores, Shape
+from service.runtime import CPU, LoadedModel, Runtime, load_model
+from tests.helpers import REPO
+
+
+@pytest.fixture(scope="module")
+def lenet() -> LoadedModel:
+    (entry,) = [e for e in modelrepo.discover(REPO / "models") if e.name == "lenet"]
+    return load_model(entry, Runtime(Cores(1, None), Shape(1, 1, spinning=False), CPU, {}))
+
+
+def _body(images: int, *, binary: bool) -> tuple[bytes, str | None]:
+    x = np.random.default_rng(0).random((images, 1, 32, 32), dtype=np.float32)
+    tensor: dict[str, Any] = {"name": "x", "shape": list(x.shape), "datatype": "FP32"}
+    if not binary:
+        return json.dumps({"inputs": [tensor | {"data": x.ravel().tolist()}]}).encode(), None
+    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return header + x.tobytes(), str(len(header))
+
+
+async def _other_tasks_ran_during(work: Awaitable[Any]) -> int:
+    """How many times another task got the loop while `work` was awaited."""
+    turns, done = 0, False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            await asyncio.sleep(0)
+            turns += 1
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)  # the other task is running
+    before = turns
+    await work
+    during = turns - before
+    done = True
+    await task
+    return during
+
+
+@pytest.mark.parametrize(
+    ("images", "binary", "off_loop"),
+    [
+        (1, True, False),  # 4 KB
+        (64, True, False),  # 256 KB of binary: cheap (~0.2 ms), inline
+        (512, True, True),  # 2 MB of binary
+        (1, False, False),  # 20 KB of JSON
+        (16, False, True),  # 330 KB of JSON (~5 ms to decode)
+    ],
+)
+def test_large_bodies_are_decoded_off_the_event_loop(
+    lenet: LoadedModel, images: int, binary: bool, off_loop: bool
+) -> None:
+    body, header = _body(images, binary=binary)
+    turns = asyncio.run(_other_tasks_ran_during(v2.decode_request(body, header, lenet)))
+    assert (turns > 0) is off_loop, turns
+
+
+def test_decoding_on_a_thread_gives_the_same_tensor(lenet: LoadedModel) -> None:
+    for binary in (True, False):
+        body, header = _body(512 if binary else 16, binary=binary)
+        _, x, wanted = asyncio.run(v2.decode_request(body, header, lenet))
+        expected = np.random.default_rng(0).random((512 if binary else 16, 1, 32, 32), dtype=np.float32)
+        np.testing.assert_array_equal(x, expected)
+        assert [(spec.name, as_binary) for spec, as_binary in wanted] == [("logits", False)]
+
+
+def test_a_bad_large_body_is_refused_from_the_thread_with_the_same_message(lenet: LoadedModel) -> None:
+    body, header = _body(512, binary=True)
+    with pytest.raises(v2.tensors.TensorError, match="4 bytes follow the JSON that no input's binary_data_size"):
+        asyncio.run(v2.decode_request(body + b"\0" * 4, header, lenet))
