@@ -18,7 +18,7 @@ INFO = {
     "description": (
         "Four small PyTorch models (linear, multilinear, blobs, lenet) exported to ONNX and served with ONNX "
         "Runtime: typed JSON routes under /v1, the Open Inference Protocol (KServe V2, with Triton's binary "
-        'tensors) under /v2. Every refusal is one envelope, {"error": <sentence>, "detail": [...]}.'
+        'tensors) under /v2. Every refusal is one envelope: `{"error": "<sentence>", "detail": [...]}`.'
     ),
 }
 
