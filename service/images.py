@@ -106,7 +106,7 @@ def normalise(ink: np.ndarray) -> np.ndarray:
 def _ink(stroke: np.ndarray) -> float:
     """The ink `_cells(stroke)` will carry, in cells, without making them: pixels / pixels per cell."""
     rows, cols = np.flatnonzero(stroke.any(1)), np.flatnonzero(stroke.any(0))
-    scale = WORK / max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    scale = WORK / float(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
     return float(stroke.sum()) * scale**2 / (WORK // 8) ** 2
 
 

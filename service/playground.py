@@ -43,7 +43,9 @@ class _SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-app = _SecurityHeaders(Starlette(routes=[Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")]))
+app = _SecurityHeaders(
+    Starlette(routes=[Mount("/", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")])
+)
 
 
 def banner() -> str:

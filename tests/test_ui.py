@@ -7,6 +7,7 @@ clean. Screenshots of each view land in test-artifacts/ui/ (not in git): look at
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.helpers import REPO
 from tests.server import Server, running
@@ -95,13 +96,24 @@ def _draw(page: Page, strokes: list[np.ndarray]) -> None:
     box = page.locator("#pad").bounding_box()
     assert box is not None
     for stroke in strokes:
-        points = [(box["x"] + x * box["width"] / handmade.PAD, box["y"] + y * box["height"] / handmade.PAD) for x, y in stroke]
+        points = [
+            (box["x"] + x * box["width"] / handmade.PAD, box["y"] + y * box["height"] / handmade.PAD) for x, y in stroke
+        ]
         page.mouse.move(*points[0])
         page.mouse.down()
-        for a, b in zip(points, points[1:], strict=False):
+        for a, b in itertools.pairwise(points):
             page.mouse.move(*b, steps=max(1, int(np.hypot(b[0] - a[0], b[1] - a[1]) // 6)))
         page.mouse.up()
-    page.wait_for_function("document.getElementById('pad').dataset.state === 'idle'")
+    page.wait_for_selector("#pad[data-state='idle']")
+
+
+def _until(page: Page, predicate: str, arg: object = None) -> None:
+    """Poll a JavaScript predicate (wait_for_function evaluates strings, which the page's CSP forbids)."""
+    for _ in range(600):
+        if page.evaluate(predicate, arg):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"still false after 30 s: {predicate} with {arg!r}")
 
 
 def test_drawn_digits_are_read_on_the_pad(visit: Visit) -> None:
@@ -143,20 +155,26 @@ def test_blobs_plane_shows_the_apis_exact_answer(visit: Visit, http: httpx.Clien
     assert box is not None
     for fx, fy in [(0.3, 0.3), (0.72, 0.64), (0.5, 0.9)]:
         page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-        page.wait_for_function(
+        _until(
+            page,
             "([x, y]) => { const p = document.getElementById('point');"
             " return p.dataset.x && Math.abs(p.dataset.x - x) < 0.02 && Math.abs(p.dataset.y - y) < 0.02 }",
-            arg=[fx * 5 - 2.5, 2.5 - fy * 5],
+            [fx * 5 - 2.5, 2.5 - fy * 5],
         )
         x, y = (float(page.get_attribute("#point", a) or "nan") for a in ("data-x", "data-y"))
         shown = float(page.text_content("#probability") or "nan")
         answer = http.post("/v1/blobs/predict", json={"x": [[x, y]]}).json()
         assert shown == answer["probabilities"][0]
         assert page.text_content("#label") == str(answer["labels"][0])
-    page.focus("#plane")  # the keyboard reaches every point too
-    page.keyboard.press("Enter")
+    page.fill("#px", "-1")  # the keyboard reaches every point too: the form, then the plane's arrow keys
+    page.fill("#py", "1")
+    page.press("#py", "Enter")
     page.wait_for_selector("#point:has-text('(-1, 1)')")
     assert float(page.text_content("#probability") or 0) >= 0.9
+    page.focus("#plane")
+    for key in ("ArrowRight", "ArrowRight", "ArrowDown", "Enter"):
+        page.keyboard.press(key)
+    page.wait_for_selector("#point:has-text('(-0.8, 0.9)')")
     visit.screenshot("blobs")
 
 
@@ -167,13 +185,13 @@ def test_regression_forms_show_the_apis_answers(visit: Visit, http: httpx.Client
     page.fill("#lx", "2.5")
     page.press("#lx", "Enter")
     expected = http.post("/v1/linear/predict", json={"x": [2.5]}).json()["y"][0]
-    page.wait_for_function("y => document.getElementById('ly').textContent === String(y)", arg=expected)
+    _until(page, "y => document.getElementById('ly').textContent === String(y)", expected)
     page.fill("#m1", "93")
     page.fill("#m2", "88")
     page.fill("#m3", "93")
     page.click("#multi-form button")
     expected = http.post("/v1/multilinear/predict", json={"x": [[93, 88, 93]]}).json()["y"][0]
-    page.wait_for_function("y => document.getElementById('my').textContent === String(y)", arg=expected)
+    _until(page, "y => document.getElementById('my').textContent === String(y)", expected)
     assert len((page.get_attribute("#line-chart polyline", "points") or "").split()) == 101
     visit.screenshot("regression")
 

@@ -26,7 +26,7 @@ from training.common import Trained, epochs_bar, plot_losses, rounded, save_figu
 
 @dataclass
 class Recipe:
-    epochs: int = 30
+    epochs: int = 40  # 30 reached 99.4% held out but read fewer drawn digits (95.5%, against 96.6% at 40)
     batch_size: int = 64
     max_lr: float = 3e-3  # one-cycle peak
     shift: int = 2  # augmentation: random shifts of up to this many pixels
@@ -34,8 +34,8 @@ class Recipe:
     rotate: float = 12.0  # degrees, either way
     shear: float = 0.3  # slant, either way
     squeeze: tuple[float, float] = (0.7, 1.25)  # width over height
-    printed: int = 6  # sizes of each printed digit in each face of PRINTED_FACES
-    printed_per_batch: int = 16
+    printed: int = 8  # sizes of each printed digit in each face of PRINTED_FACES
+    printed_per_batch: int = 32  # printed digits added to each batch of 64 scans and their 64 redrawn copies
     data: str = "digits"  # or "mnist:DIR"
 
 
@@ -95,7 +95,9 @@ def another_hand(pen: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> n
 
 def redraw(x: torch.Tensor, recipe: Recipe, rng: np.random.Generator) -> torch.Tensor:
     """Each (N, 1, 32, 32) training digit once more, as another hand would write it."""
-    big = [np.asarray(Image.fromarray(im, mode="F").resize((64, 64), Image.Resampling.BICUBIC)) for im in x[:, 0].numpy()]
+    big = [
+        np.asarray(Image.fromarray(im, mode="F").resize((64, 64), Image.Resampling.BICUBIC)) for im in x[:, 0].numpy()
+    ]
     return torch.from_numpy(np.stack([another_hand(b, recipe, rng) for b in big])[:, None])
 
 

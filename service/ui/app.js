@@ -444,25 +444,25 @@
     try {
       if (!(to > from)) throw new ServerError(0, `x from (${from}) must be less than to (${to})`);
       const { y } = await postJSON("v1/linear/predict", { x: xs });
-      const [w, h, m] = [520, 300, 40];
+      const [w, h, m, left] = [520, 300, 36, 70]; // room for the y labels on the left
       const lo = Math.min(...y);
       const hi = Math.max(...y);
-      const sx = (x) => m + ((x - from) / (to - from)) * (w - 2 * m);
+      const sx = (x) => left + ((x - from) / (to - from)) * (w - left - m);
       const sy = (v) => h - m - ((v - lo) / (hi - lo || 1)) * (h - 2 * m);
       for (const node of [...chart.children]) if (node.tagName !== "title") node.remove();
       for (let k = 0; k <= 4; k++) {
         const gx = from + ((to - from) * k) / 4;
         const gy = lo + ((hi - lo) * k) / 4;
         svg("line", { x1: sx(gx), x2: sx(gx), y1: m, y2: h - m, class: "grid-line" }, chart);
-        svg("line", { x1: m, x2: w - m, y1: sy(gy), y2: sy(gy), class: "grid-line" }, chart);
+        svg("line", { x1: left, x2: w - m, y1: sy(gy), y2: sy(gy), class: "grid-line" }, chart);
         svg("text", { x: sx(gx), y: h - m + 16, "text-anchor": "middle" }, chart).textContent = String(round3(gx));
-        svg("text", { x: m - 6, y: sy(gy) + 4, "text-anchor": "end" }, chart).textContent = String(round3(gy));
+        svg("text", { x: left - 6, y: sy(gy) + 4, "text-anchor": "end" }, chart).textContent = (Math.round(gy * 100) / 100).toString();
       }
-      svg("line", { x1: m, x2: w - m, y1: h - m, y2: h - m, class: "axis" }, chart);
-      svg("line", { x1: m, x2: m, y1: m, y2: h - m, class: "axis" }, chart);
+      svg("line", { x1: left, x2: w - m, y1: h - m, y2: h - m, class: "axis" }, chart);
+      svg("line", { x1: left, x2: left, y1: m, y2: h - m, class: "axis" }, chart);
       svg("polyline", { points: xs.map((x, i) => `${sx(x)},${sy(y[i])}`).join(" "), class: "fit" }, chart);
       svg("text", { x: w - m, y: h - 8, "text-anchor": "end" }, chart).textContent = "x";
-      svg("text", { x: 8, y: m - 12 }, chart).textContent = "y";
+      svg("text", { x: left - 6, y: m - 12, "text-anchor": "end" }, chart).textContent = "y";
       const slope = (y[100] - y[0]) / (to - from);
       $("line-fit").textContent = `From ${xs.length} points: y ≈ ${(y[0] - slope * from).toFixed(3)} + ${slope.toFixed(3)}·x (the data was 5 + 7x + noise).`;
       const x = Number($("lx").value);
