@@ -118,7 +118,7 @@
     const bars = $("bars");
     p.forEach((value, digit) => {
       const row = bars.children[digit];
-      row.classList.toggle("top", digit === result.label);
+      row.classList.toggle("best", digit === result.label);
       row.querySelector(".fill").style.width = `${(100 * value).toFixed(2)}%`;
       row.querySelector(".pct").textContent = `${(100 * value).toFixed(1)}%`;
       row.querySelector(".track").setAttribute("aria-valuenow", (100 * value).toFixed(1));
@@ -131,7 +131,7 @@
     delete $("digit").dataset.label;
     $("confidence").textContent = message;
     for (const row of $("bars").children) {
-      row.classList.remove("top");
+      row.classList.remove("best");
       row.querySelector(".fill").style.width = "0";
       row.querySelector(".pct").textContent = "";
       row.querySelector(".track").setAttribute("aria-valuenow", "0");
