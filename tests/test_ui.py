@@ -61,6 +61,7 @@ class Visit:
 
     def screenshot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.wait_for_timeout(300)  # let the bars' 120 ms transitions end: a picture, not an assertion
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
     def tab(self, name: str) -> None:
