@@ -324,7 +324,8 @@
       ]);
       heat = new ImageData(GRID, GRID);
       answer.probabilities.forEach((p, k) => heat.data.set([...colour(p), 255], 4 * k));
-      centres = info.card.data.centers || [];
+      const labels = info.card.data.center_labels || [];
+      centres = (info.card.data.centers || []).map((c, k) => ({ at: c, label: labels[k] }));
       $("grid-info").textContent = `${rows.length} points, one request to /v1/blobs/predict (model ${answer.model} v${answer.version}).`;
       showError($("blobs-error"), null);
     } catch (e) {
@@ -361,8 +362,8 @@
         g.fillText(String(v), toPixel([0, 0])[0] + 4, py - 3);
       }
     }
-    centres.forEach((c, k) => {
-      const [px, py] = toPixel(c);
+    centres.forEach(({ at, label }) => {
+      const [px, py] = toPixel(at);
       g.beginPath();
       g.arc(px, py, 9, 0, 2 * Math.PI);
       g.lineWidth = 3;
@@ -372,7 +373,7 @@
       g.strokeStyle = "#1b2330";
       g.stroke();
       g.fillStyle = "#1b2330";
-      g.fillText(`centre ${k + 1}`, px + 12, py + 4);
+      g.fillText(label === undefined ? "centre" : `centre, label ${label}`, px + 12, py + 4);
     });
     const [cx, cy] = toPixel(cursor);
     g.strokeStyle = "#111";
