@@ -28,7 +28,7 @@ serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
 	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
 
 # System packages that the tests drive for real, installed with apt-get when missing (as root, as CI runs).
-APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core
+APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core fonts-dejavu-extra fontconfig
 
 system-deps:  ## install the system packages the tests use (apt-get, as root), when missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

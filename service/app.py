@@ -11,11 +11,12 @@ answers 200 only then.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import bentoml
 import numpy as np
 
-from service import images, v1, v2
+from service import images, playground, v1, v2
 from service.batching import Batcher
 from service.errors import ApiError, install_log_filter
 from service.lifecycle import LIFECYCLE
@@ -64,6 +65,7 @@ def lenet_batch(images_: list[list[list[float]]]) -> np.ndarray:
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},  # off: every URL skips the span work
 )
+@bentoml.asgi_app(playground.app, path=playground.PATH)
 @bentoml.asgi_app(v1.app, path="/v1")
 @bentoml.asgi_app(v2.app, path="/")
 class TinyServe:
@@ -83,6 +85,7 @@ class TinyServe:
             if "/" in key
         }
         logger.info("ready: %s", ", ".join(k for k in self.models if "/" in k))
+        logger.info(playground.banner())
         tune_gc()
         LIFECYCLE.install(self.settings.drain_seconds)
 
@@ -139,7 +142,7 @@ class TinyServe:
             probabilities=probabilities.tolist(),
         )
 
-    async def predict_image(self, data: bytes) -> LenetImageResponse:
+    async def predict_image(self, data: bytes, *, with_input: bool = False) -> LenetImageResponse:
         """An uploaded PNG or JPEG of one digit -> digit (served by service.v1, FastAPI parses the upload)."""
         x = images.to_lenet_input(data)  # raises images.ImageRejected with its status
         model, logits = await self._infer("lenet", x[None])
@@ -149,6 +152,7 @@ class TinyServe:
             version=model.version,
             label=int(probabilities.argmax()),
             probabilities=probabilities.tolist(),
+            input=x[0].tolist() if with_input else None,
         )
 
     def versions(self, name: str) -> list[str]:
@@ -165,6 +169,7 @@ class TinyServe:
             provider_options=model.provider_options,
             ready=True,
             card=model.entry.card.to_dict(),
+            pictures=sorted(p.name for p in self.pictures(name)),
         )
 
     def runtime_info(self) -> RuntimeInfo:
@@ -180,6 +185,10 @@ class TinyServe:
             provider_options=runtime.provider_options,
             cuda_fallback=runtime.fallback or None,
         )
+
+    def pictures(self, name: str) -> list[Path]:
+        """The training pictures beside the served version's model file (where the bento has them)."""
+        return sorted(self.models[name].entry.directory.glob("*.png"))
 
     def model_names(self) -> list[str]:
         return [k for k in self.models if "/" not in k]

@@ -185,6 +185,9 @@ class LenetImageResponse(Reply):
     probabilities: list[float] = Field(
         description="softmax over the digits 0-9", examples=[[0.0] * 7 + [1.0, 0.0, 0.0]]
     )
+    input: list[list[float]] | None = Field(
+        None, description="with ?input=true: the 32x32 image LeNet was given, after the server's preprocessing"
+    )
 
 
 class TensorInfo(BaseModel):
@@ -205,6 +208,9 @@ class ModelInfo(BaseModel):
     )
     ready: bool
     card: dict[str, Any] = Field(description="the model card (card.json)")
+    pictures: list[str] = Field(
+        default_factory=list, description="training pictures, each at GET /v1/models/{name}/pictures/{picture}"
+    )
 
 
 class RuntimeInfo(BaseModel):

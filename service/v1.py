@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import bentoml
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from service.errors import error_response, unknown_model
 from service.images import ImageRejected
@@ -63,9 +63,26 @@ def get_model(name: str) -> Any:
     return _service().model_info(name)
 
 
+@app.get(
+    "/models/{name}/pictures/{picture}",
+    summary="A training picture of the served version (loss curve, confusion matrix, decision boundary)",
+    response_class=FileResponse,
+    responses={404: {"description": "unknown model or picture"}},
+)
+def get_picture(name: str, picture: str) -> Any:
+    if name not in _service().model_names():
+        return _unknown_model(name)
+    pictures = {p.name: p for p in _service().pictures(name)}  # only these names: no path ever reaches the disk
+    if picture not in pictures:
+        known = ", ".join(pictures) or "none"
+        return error_response(404, f"unknown picture {picture!r} of model {name!r}: expected one of {known}")
+    return FileResponse(pictures[picture], media_type="image/png")
+
+
 @app.post(
     "/lenet/predict-image",
     response_model=LenetImageResponse,
+    response_model_exclude_none=True,
     summary="Classify an uploaded photo or scan of one digit",
     responses={
         400: {"description": "a damaged file, or no digit in it"},
@@ -78,10 +95,13 @@ async def predict_lenet_image(
         UploadFile,
         File(description="a PNG or JPEG of one digit: any size, dark ink on light paper or light on dark"),
     ],
+    input: Annotated[
+        bool, Query(description="also answer the 32x32 image LeNet was given, after the preprocessing")
+    ] = False,
 ) -> Any:
-    """Grayscale, ink made high whatever the polarity, fitted into the frame, classified by LeNet-5."""
+    """Grayscale, ink made high whatever the polarity, scaled, stroke evened out, centred, classified by LeNet-5."""
     try:
-        return await _service().predict_image(await image.read())
+        return await _service().predict_image(await image.read(), with_input=input)
     except ImageRejected as e:
         return error_response(e.status, str(e))
 

@@ -1,0 +1,23 @@
+"""Training: PyTorch recipes, ONNX export and verification (`python -m training`).
+
+The same bytes on every x86-64 CPU. torch, MKL and oneDNN each choose their code by the CPU they run
+on (AVX-512 here, AVX2 there), and each choice rounds differently: LeNet trained on an AMD EPYC and on
+an Intel Xeon came out with other weights. So before torch is first imported, this package pins each
+library to the code every x86-64 CPU runs, overriding whatever the environment asked for; the training
+code then keeps oneDNN and NNPACK out of the way (`common.seed_everything`). What is left is scalar
+code compiled once into the wheel, and MKL in its conditional-numerical-reproducibility mode.
+"""
+
+from __future__ import annotations
+
+import os
+
+PINNED_ENVIRONMENT = {
+    "ATEN_CPU_CAPABILITY": "default",  # torch's own kernels: the portable build, not its AVX2/AVX-512 builds
+    "MKL_CBWR": "COMPATIBLE",  # MKL (GEMM under Linear and Conv2d): the same code path on Intel and AMD
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",  # and no wider, should CBWR be ignored
+    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN is switched off for training; this holds if anything reaches it
+    "OMP_NUM_THREADS": "1",  # one thread: the order of every reduction is fixed
+    "MKL_NUM_THREADS": "1",
+}
+os.environ.update(PINNED_ENVIRONMENT)

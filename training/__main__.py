@@ -1,7 +1,8 @@
 """`python -m training [names...]`: train, export and verify the served models.
 
-Examples: `python -m training` (all four, into models/); `python -m training lenet --quick` (a smoke
-run: LeNet trains 2 epochs); `python -m training lenet --data mnist:DIR --out /tmp/models`.
+Examples: `python -m training` (all four, into the repository's models/); `python -m training lenet
+--quick` (a smoke run: LeNet trains 2 epochs, into a new temporary directory unless --out names one);
+`python -m training lenet --data mnist:DIR --out /tmp/models`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from training import recipes
 from training.common import export, seed_everything
+
+SERVED_REPOSITORY = Path(__file__).resolve().parents[1] / "models"  # what `make serve` serves
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,13 +37,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: each model's pinned seed)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)")
     parser.add_argument(
-        "--out", type=Path, default=Path("models"), help="model repository to write into (default: models)"
+        "--out",
+        type=Path,
+        default=None,
+        help="model repository to write into (default: the served models/; with --quick, a new temporary directory)",
     )
     parser.add_argument("--version", default="1", help="version directory to write (default: 1)")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke mode for tests: LeNet trains 2 epochs, bars are not checked",
+        help="smoke run: LeNet trains 2 epochs, bars are not checked, models/ is left alone unless --out names it",
     )
     parser.add_argument(
         "--data",
@@ -50,6 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [n for n in args.names if n not in recipes.SPECS]
     if unknown:
         parser.error(f"unknown model {', '.join(unknown)}: expected any of {', '.join(recipes.NAMES)}")
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="tinyserve-quick-")) if args.quick else SERVED_REPOSITORY
     return args
 
 
@@ -80,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         metrics = ", ".join(f"{k}={v:g}" for k, v in entry.card.metrics.items())
         print(f"{name:12s} {seconds:6.1f}s  {verdict}\n{'':12s} {metrics}\n{'':12s} -> {entry.model_path}")
+    if args.quick and args.out.resolve() != SERVED_REPOSITORY:
+        print(f"quick run: models written to {args.out} (the served {SERVED_REPOSITORY.name}/ is untouched)")
     return 1 if failures else 0
 
 

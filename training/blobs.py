@@ -86,6 +86,8 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
         recipe={"optimizer": "SGD", "loss": "BCE", "full_batch": True} | asdict(recipe),
         data={
             "source": "sklearn make_blobs, 4 centres, cluster_std 0.3, labels XOR",
+            "centers": CENTERS,
+            "center_labels": LABEL_OF_CLUSTER.tolist(),
             "train_rows": recipe.train_rows,
             "test_rows": recipe.test_rows,
         },

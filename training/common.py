@@ -25,11 +25,19 @@ PARITY_BATCHES = (1, 7, 256)
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed + one thread = byte-identical weights (two threads give different LeNet weights)."""
+    """Same seed + one thread + the CPU-independent kernels (see training/__init__.py) = the same bytes."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "DEFAULT":
+        raise RuntimeError(
+            f"torch runs its {capability} kernels: it was imported, with ATEN_CPU_CAPABILITY unset, before the "
+            "training package pinned it; import training before torch"
+        )
+    torch.backends.mkldnn.enabled = False  # oneDNN chooses its convolution code by the CPU
+    torch.backends.nnpack.set_flags(False)  # so does NNPACK, the next candidate for Conv2d
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # two threads give other LeNet weights than one
     torch.use_deterministic_algorithms(True)
 
 
