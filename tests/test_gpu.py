@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -44,12 +45,12 @@ def cuda_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def catalog(cuda_server: Server) -> dict[str, object]:
-    listing: dict[str, object] = httpx.get(f"{cuda_server.url}/v1/models").json()
+def catalog(cuda_server: Server) -> dict[str, Any]:
+    listing: dict[str, Any] = httpx.get(f"{cuda_server.url}/v1/models").json()
     return listing
 
 
-def test_every_model_is_served_on_cuda_with_the_chosen_options(cuda_server: Server, catalog: dict) -> None:  # type: ignore[type-arg]
+def test_every_model_is_served_on_cuda_with_the_chosen_options(cuda_server: Server, catalog: dict[str, Any]) -> None:
     runtime = catalog["runtime"]
     assert (runtime["provider"], runtime["provider_options"], runtime["cuda_fallback"]) == (cuda.CUDA, CHOSEN, None)
     for model in catalog["models"]:
@@ -82,8 +83,8 @@ def _inputs(name: str, batch: int) -> np.ndarray:
 @pytest.mark.parametrize("name", list(FEATURES))
 @pytest.mark.parametrize("batch", [1, 7, 1024])
 def test_v2_answers_match_onnxruntime_on_cuda_in_process(
-    cuda_server: Server, catalog: dict, name: str, batch: int
-) -> None:  # type: ignore[type-arg]
+    cuda_server: Server, catalog: dict[str, Any], name: str, batch: int
+) -> None:
     reference = Reference(catalog)
     client = triton.InferenceServerClient(cuda_server.url.removeprefix("http://"), network_timeout=60)
     x = _inputs(name, batch)
@@ -94,7 +95,7 @@ def test_v2_answers_match_onnxruntime_on_cuda_in_process(
     client.close()
 
 
-def test_typed_route_reads_the_held_out_digits_on_cuda(cuda_server: Server, catalog: dict) -> None:  # type: ignore[type-arg]
+def test_typed_route_reads_the_held_out_digits_on_cuda(cuda_server: Server, catalog: dict[str, Any]) -> None:
     images8, labels = held_out_digits()
     batch = np.stack([upscale_32(im) for im in images8[:200]])
     body = httpx.post(f"{cuda_server.url}/v1/lenet/predict", json={"images": batch.tolist()}, timeout=60).json()
