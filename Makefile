@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format train bench fuzz soak clean system-deps
+.PHONY: help serve test test-gpu lint format train bench fuzz soak clean system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,21 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run the whole test suite
 	$(BIN)/pytest
 
+# The GPU checks get a virtualenv of their own: onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries as
+# wheels (~2 GB) in place of onnxruntime (both install the package `onnxruntime`).
+GPU_VENV ?= $(VENV)-gpu
+$(GPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet -e '.[serve,client,dev]' scikit-learn==1.9.1
+	$(GPU_VENV)/bin/pip uninstall --quiet --yes onnxruntime
+	$(GPU_VENV)/bin/pip install --quiet 'onnxruntime-gpu[cuda,cudnn]==1.31.1'
+	@touch $@
+
+test-gpu: $(GPU_VENV)/.installed  ## on an NVIDIA GPU machine: all models on CUDA from the wheels, checked; GPU figures
+	$(GPU_VENV)/bin/pytest -m gpu tests/test_gpu.py
+	$(GPU_VENV)/bin/pytest tests/test_v2.py tests/test_service_predict.py  # provider-aware: auto serves on CUDA here
+	$(GPU_VENV)/bin/python -m benchmarks.gpu
+
 lint: $(VENV)/.all  ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -71,4 +86,4 @@ soak: $(VENV)/.all  ## 30 minutes of mixed traffic at 40 requests/s: statuses, l
 	$(BIN)/python -m benchmarks.soak --minutes 30
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,121 +1,57 @@
-"""`make bench`: what serving costs, against raw ONNX Runtime and a plain FastAPI peer, in one run.
+"""`make bench`: what serving costs and how it scales, against raw ONNX Runtime and a FastAPI peer, in one run.
 
     .venv/bin/python -m benchmarks [--quick] [--publish]
 
-Prints one table, writes benchmarks/results/bench.json and bench.png; --publish also rewrites the
-table and chart in BENCHMARKS.md. Every figure sits next to its ratio to a baseline measured in the
-same run: on a shared, noisy machine absolute numbers move between runs, ratios much less.
+The same cases at several worker/thread shapes chosen from the cores this process may use (the default
+shape among them), so that the same command measures a 2-core laptop and a 64-core server. Prints the
+tables and the targets, writes benchmarks/results/bench.json and bench.png; --publish also rewrites the
+tables and chart in BENCHMARKS.md. Every figure sits next to its ratio to a baseline measured in the same
+run: on a shared, noisy machine absolute numbers move between runs, ratios much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 
-from tests.helpers import held_out_digits, upscale_32
+from benchmarks import cases
+from service.machine import Shape, available_cores, choose_shape
 from tests.server import REPO, free_port, launch, stop, wait_ready
 
 RESULTS = REPO / "benchmarks" / "results"
-THREADS = os.cpu_count() or 1
 
 
-def raw_onnxruntime(seconds: float) -> list[dict[str, Any]]:
-    """Case 1: session.run in process, after warm-up, at the server's thread count."""
-    rows = []
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    for name, batch in (("lenet", 1), ("lenet", 64), ("lenet", 256), ("lenet", 1024), ("linear", 1)):
-        session = ort.InferenceSession(
-            str(REPO / "models" / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
-        shape = (batch, 1, 32, 32) if name == "lenet" else (batch, 1)
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        for _ in range(20):
-            session.run(None, {"x": x})
-        calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            session.run(None, {"x": x})
-            calls += 1
-        elapsed = time.perf_counter() - started
-        rows.append(
-            {
-                "model": name,
-                "batch": batch,
-                "ms_per_call": elapsed / calls * 1000,
-                "rows_per_s": calls * batch / elapsed,
-            }
-        )
-    return rows
+def shapes(cores: int) -> list[Shape]:
+    """One worker with every core, workers of 4 threads, the default (2 threads), and on small machines 1."""
+    chosen = [choose_shape(cores, workers=1), choose_shape(cores, threads=4), choose_shape(cores)]
+    if cores <= 4:
+        chosen.append(choose_shape(cores, threads=1))
+    return list(dict.fromkeys(chosen))
 
 
-def _load(url: str, body: bytes, concurrency: int, requests: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        f.write(body)
-        f.flush()
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.load", url, f.name, str(concurrency), str(requests), "60"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
-
-
-def bodies() -> dict[str, bytes]:
-    images8, _ = held_out_digits()
-    return {
-        "lenet": json.dumps({"images": [upscale_32(images8[0]).tolist()]}).encode(),
-        "linear": json.dumps({"x": [1.5]}).encode(),
-    }
-
-
-def single_rows(base: str, requests: int) -> list[dict[str, Any]]:
-    """Cases 2 and 3: one row per request, concurrency 1 and 32."""
-    rows = []
-    for model, body in bodies().items():
-        for concurrency in (1, 32):
-            result = _load(f"{base}/v1/{model}/predict", body, concurrency, requests * (4 if concurrency > 1 else 1))
-            rows.append({"model": model, "concurrency": concurrency} | result)
-    return rows
-
-
-def start_tinyserve(log: Path, env: dict[str, str]) -> tuple[Any, float]:
+def serve(shape: Shape, log: Path, extra: dict[str, str] | None = None) -> tuple[Any, float]:
+    env = {"TINYSERVE_WORKERS": str(shape.workers), "TINYSERVE_THREADS": str(shape.threads), **(extra or {})}
     started = time.perf_counter()
     server = launch(log, env)
-    wait_ready(server, timeout=120)
+    wait_ready(server, timeout=180)
     return server, time.perf_counter() - started
 
 
 def start_peer(log: Path) -> tuple[subprocess.Popen[bytes], str, float]:
     port = free_port()
     started = time.perf_counter()
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.peers.fastapi_peer:app", "--host", "127.0.0.1"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.peers.fastapi_peer:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        [*command, "--port", str(port), "--no-access-log", "--log-level", "warning"],
         cwd=REPO,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -132,91 +68,171 @@ def start_peer(log: Path) -> tuple[subprocess.Popen[bytes], str, float]:
     return process, url, time.perf_counter() - started
 
 
-def bulk(base: str, images: Path, rows: int) -> list[dict[str, Any]]:
-    """Case 4: the batch client over a file of LeNet images: in process, V2 binary, typed JSON."""
-    results = []
-    for mode, args in (
-        ("--local", ["--local"]),
-        ("--url v2 binary", ["--url", base]),
-        ("--url json", ["--url", base, "--protocol", "json"]),
-    ):
-        with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "client", "lenet", str(images), f"{tmp}/out.jsonl", *args, "--quiet"],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            )
-            elapsed = time.perf_counter() - started
-        results.append({"mode": mode, "rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed})
-    return results
+def single_images(url: str, requests: int) -> list[dict[str, Any]]:
+    """One LeNet image per request on the typed route, at concurrency 1 and 32."""
+    body = cases.lenet_image_json()
+    return [
+        {"concurrency": c} | cases.load(f"{url}/v1/lenet/predict", body, c, requests * (4 if c > 1 else 1))
+        for c in (1, 32)
+    ]
+
+
+def measure_shape(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict[str, Any]:
+    name = f"{shape.workers}x{shape.threads}"
+    print(f"shape {name}: workers x intra-op threads", flush=True)
+    server, cold = serve(shape, RESULTS / f"server-{name}.log")
+    try:
+        result = {
+            "workers": shape.workers,
+            "threads": shape.threads,
+            "cold_start_s": cold,
+            "single": single_images(server.url, requests),
+            "bulk": [cases.bulk_v2(server.url, 1024, n, bulk_requests) for n in (1, 2 * shape.workers)],
+        }
+    finally:
+        stop(server)
+    # the baselines: ONNX Runtime in process with one worker's threads, and with the whole server's
+    result["raw_1024_worker"] = cases.raw_onnxruntime("lenet", 1024, shape.threads, seconds)
+    result["raw_1024"] = cases.raw_onnxruntime("lenet", 1024, shape.workers * shape.threads, seconds)
+    return result
 
 
 def run(quick: bool) -> dict[str, Any]:
-    requests = 200 if quick else 1000
-    bulk_rows = 10_000 if quick else 100_000
+    requests, bulk_requests, rows = (300, 30, 20_000) if quick else (1000, 100, 100_000)
+    seconds = 0.5 if quick else 2.0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"machine": f"{THREADS} cores", "threads": THREADS, "requests": requests}
-    print("case 1: raw ONNX Runtime", flush=True)
-    report["raw"] = raw_onnxruntime(0.5 if quick else 2.0)
-    images = RESULTS / "bulk-images.npy"
-    np.save(images, np.random.default_rng(0).random((bulk_rows, 32, 32), dtype=np.float32))
-    for label, env in (("tinyserve", {}), ("tinyserve, batching off", {"TINYSERVE_BATCHING": "false"})):
-        print(f"case 2: {label}", flush=True)
-        server, cold = start_tinyserve(RESULTS / f"{label.replace(', ', '-').replace(' ', '_')}.log", env)
-        try:
-            report[label] = {"cold_start_s": cold, "single": single_rows(server.url, requests)}
-            if not env:
-                print("case 4: bulk scoring", flush=True)
-                report["bulk"] = bulk(server.url, images, bulk_rows)
-        finally:
-            stop(server)
-    print("case 3: FastAPI peer", flush=True)
+    cores = available_cores()
+    default = choose_shape(cores.available)
+    report: dict[str, Any] = {
+        "machine": f"{cores.describe()}, {platform.processor() or platform.machine()}",
+        "cores": cores.available,
+        "default": [default.workers, default.threads],
+        "quick": quick,
+    }
+    print("raw ONNX Runtime", flush=True)
+    report["raw"] = [
+        {"batch": batch, "threads": threads} | cases.raw_onnxruntime("lenet", batch, threads, seconds)
+        for threads in sorted({1, default.threads, cores.available})
+        for batch in (1, 1024)
+    ]
+    report["shapes"] = [measure_shape(shape, requests, bulk_requests, seconds) for shape in shapes(cores.available)]
+
+    print("FastAPI peer", flush=True)
     process, url, cold = start_peer(RESULTS / "peer.log")
     try:
-        report["peer"] = {"cold_start_s": cold, "single": single_rows(url, requests)}
+        report["peer"] = {"cold_start_s": cold, "single": single_images(url, requests)}
     finally:
         process.terminate()
         process.wait()
+
+    print("tritonclient.http and tinyserve-score, default shape", flush=True)
+    images = RESULTS / "bulk-images.npy"
+    np.save(images, np.random.default_rng(0).random((rows, 32, 32), dtype=np.float32))
+    quick_ack = ("true",) if quick else ("true", "false")
+    for setting in quick_ack:
+        server, _ = serve(default, RESULTS / f"server-quick-ack-{setting}.log", {"TINYSERVE_QUICK_ACK": setting})
+        try:
+            report[f"triton_quick_ack_{setting}"] = {
+                label: cases.triton_bulk(server.url, 1024, bulk_requests, nodelay=nodelay)
+                for label, nodelay in (("unchanged", False), ("tcp_nodelay", True))
+            }
+            if setting == "true":
+                report["client"] = {
+                    "local": cases.score_file(images, ["--local"]),
+                    "v2": cases.score_file(images, ["--url", server.url]),
+                }
+        finally:
+            stop(server)
     images.unlink()
     return report
 
 
-def table(report: dict[str, Any]) -> str:
-    lines = ["| case | figure | ratio to baseline |", "|---|---|---|"]
-    raw = {(r["model"], r["batch"]): r for r in report["raw"]}
-    base = raw[("lenet", 1)]["rows_per_s"]
-    for (model, batch), r in raw.items():
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def tables(report: dict[str, Any]) -> str:
+    lines = [f"Machine: {report['machine']}; default shape {report['default'][0]} x {report['default'][1]}.", ""]
+    lines += ["| in process, LeNet | threads | ms per call | images/s |", "|---|---|---|---|"]
+    lines += [
+        f"| batch {r['batch']} | {r['threads']} | {r['ms_per_call']:.3f} | {r['rows_per_s']:,.0f} |"
+        for r in report["raw"]
+    ]
+    peer = {r["concurrency"]: r for r in report["peer"]["single"]}
+    lines += [
+        "",
+        "| workers x threads | 1 image c=1: req/s, p50/p99 ms | 1 image c=32: req/s, p50/p99 ms, vs peer "
+        "| V2 1024 images, 1 in flight, vs in process at one worker's threads "
+        "| V2 1024 images, 2 per worker in flight, vs in process at all the threads | cold start |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report["shapes"]:
+        one, many = s["single"]
+        bulk_one, bulk_many = s["bulk"]
+        mark = " (default)" if [s["workers"], s["threads"]] == report["default"] else ""
+        worker_raw, all_raw = s["raw_1024_worker"]["rows_per_s"], s["raw_1024"]["rows_per_s"]
         lines.append(
-            f"| 1. raw ORT {model} batch {batch} | {r['ms_per_call']:.3f} ms/call, {r['rows_per_s']:,.0f} rows/s"
-            f" | {r['rows_per_s'] / base:.1f}x LeNet batch 1 rows/s |"
+            f"| {s['workers']} x {s['threads']}{mark} | {one['rps']:,.0f}, {one['p50_ms']:.1f}/{one['p99_ms']:.1f} "
+            f"| {many['rps']:,.0f}, {many['p50_ms']:.1f}/{many['p99_ms']:.1f}, {_ratio(many['rps'], peer[32]['rps'])} "
+            f"| {bulk_one['images_per_s']:,.0f}/s, p50 {bulk_one['p50_ms']:.1f} ms, "
+            f"{bulk_one['images_per_s'] / worker_raw:.0%} of {worker_raw:,.0f}/s "
+            f"| {bulk_many['images_per_s']:,.0f}/s, {bulk_many['images_per_s'] / all_raw:.0%} of {all_raw:,.0f}/s "
+            f"| {s['cold_start_s']:.1f} s |"
         )
-    peer = {(r["model"], r["concurrency"]): r for r in report["peer"]["single"]}
-    off = {(r["model"], r["concurrency"]): r for r in report["tinyserve, batching off"]["single"]}
-    for label in ("tinyserve", "tinyserve, batching off", "peer"):
-        for r in report[label]["single"]:
-            key = (r["model"], r["concurrency"])
-            name = "3. FastAPI peer" if label == "peer" else f"2. {label}"
-            ratio = f"{r['rps'] / peer[key]['rps']:.2f}x peer req/s"
-            if label == "tinyserve":
-                ratio += f", {r['rps'] / off[key]['rps']:.2f}x batching off"
-            lines.append(
-                f"| {name}, {r['model']} c={r['concurrency']} | {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
-                f"p99 {r['p99_ms']:.1f} ms (load generator CPU {r['client_cpu_s'] / r['seconds']:.0%}) | "
-                f"{ratio}; p99/p50 {r['p99_ms'] / r['p50_ms']:.1f} |"
-            )
-    ort_1024 = raw[("lenet", 1024)]["rows_per_s"]
-    for r in report["bulk"]:
-        lines.append(
-            f"| 4. bulk {r['rows']:,} LeNet images, {r['mode']} | {r['rows_per_s']:,.0f} images/s "
-            f"| {r['rows_per_s'] / ort_1024:.0%} of raw ORT batch 1024 |"
-        )
-    cold, peer_cold = report["tinyserve"]["cold_start_s"], report["peer"]["cold_start_s"]
     lines.append(
-        f"| 5. cold start to /readyz 200 | tinyserve {cold:.1f} s, peer {peer_cold:.1f} s | "
-        f"{cold / peer_cold:.1f}x peer |"
+        f"| FastAPI peer (1 worker) | {peer[1]['rps']:,.0f}, {peer[1]['p50_ms']:.1f}/{peer[1]['p99_ms']:.1f} "
+        f"| {peer[32]['rps']:,.0f}, {peer[32]['p50_ms']:.1f}/{peer[32]['p99_ms']:.1f}, 1.00x | - | - "
+        f"| {report['peer']['cold_start_s']:.1f} s |"
     )
+    lines += ["", "| tritonclient.http, 1024 images, one at a time | p50 ms | p90 ms | images/s |", "|---|---|---|---|"]
+    for key in ("triton_quick_ack_true", "triton_quick_ack_false"):
+        for label, r in report.get(key, {}).items():
+            server = "server TCP_QUICKACK " + ("on" if key.endswith("true") else "off")
+            client = "client unchanged (Nagle on)" if label == "unchanged" else "client with TCP_NODELAY"
+            lines.append(f"| {server}, {client} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['images_per_s']:,.0f} |")
+    local, v2 = report["client"]["local"], report["client"]["v2"]
+    lines += [
+        "",
+        f"| tinyserve-score, {local['rows']:,} LeNet images | rows/s (its own clock) | rows/s (wall, with start-up) |",
+        "|---|---|---|",
+        f"| --local | {local['rows_per_s']:,.0f} | {local['rows_per_s_wall']:,.0f} |",
+        f"| --url (V2 binary) | {v2['rows_per_s']:,.0f} | {v2['rows_per_s_wall']:,.0f} |",
+    ]
+    return "\n".join(lines)
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
+    """(target, measured, bar, met), each a ratio taken within this run."""
+    default = next(s for s in report["shapes"] if [s["workers"], s["threads"]] == report["default"])
+    peer32 = report["peer"]["single"][1]
+    c32 = default["single"][1]
+    bulk = default["bulk"][1]["images_per_s"] / default["raw_1024"]["rows_per_s"]
+    local, v2 = report["client"]["local"], report["client"]["v2"]
+    triton = report["triton_quick_ack_true"]
+    stall = triton["unchanged"]["p50_ms"] / triton["tcp_nodelay"]["p50_ms"]
+    rows = [
+        ("single-image LeNet, typed route, c=32 / FastAPI peer", c32["rps"] / peer32["rps"], 1.5, True),
+        ("bulk V2 binary / in-process ONNX Runtime, same threads", bulk, 0.70, True),
+        ("p99 / p50, single images at c=32", c32["p99_ms"] / c32["p50_ms"], 3.0, False),
+        ("tinyserve-score V2 / --local (own clock)", v2["rows_per_s"] / local["rows_per_s"], 0.70, True),
+        (
+            "tinyserve-score V2 / --local (wall, with start-up)",
+            v2["rows_per_s_wall"] / local["rows_per_s_wall"],
+            0.70,
+            True,
+        ),
+        ("tritonclient.http p50, unchanged / with TCP_NODELAY", stall, 1.2, False),
+    ]
+    return [
+        (name, value, f"{'>=' if higher else '<='} {bar:g}", value >= bar if higher else value <= bar)
+        for name, value, bar, higher in rows
+    ]
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    lines = ["| target | measured | bar | met |", "|---|---|---|---|"]
+    for name, value, bar, met in targets(report):
+        lines.append(f"| {name} | {value:.2f} | {bar} | {'yes' if met else 'no'} |")
     return "\n".join(lines)
 
 
@@ -227,40 +243,31 @@ def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels, series = [], {"tinyserve": [], "tinyserve, batching off": [], "peer": []}
-    for r in report["peer"]["single"]:
-        labels.append(f"{r['model']}\nc={r['concurrency']}")
-        for name in series:
-            match = next(
-                s for s in report[name]["single"] if (s["model"], s["concurrency"]) == (r["model"], r["concurrency"])
-            )
-            series[name].append(match["rps"])
-    width = 0.27
-    for i, (name, values) in enumerate(series.items()):
-        left.bar(
-            np.arange(len(labels)) + (i - 1) * width, values, width, label="FastAPI peer" if name == "peer" else name
-        )
-    left.set_xticks(range(len(labels)), labels)
-    left.set_ylabel("requests/s (one row per request)")
-    left.legend()
-    left.set_title("single-row requests")
-    modes = [r["mode"] for r in report["bulk"]] + ["raw ORT\nbatch 1024"]
-    values = [r["rows_per_s"] for r in report["bulk"]] + [
-        next(r["rows_per_s"] for r in report["raw"] if r["batch"] == 1024)
-    ]
-    right.barh(modes, values, color=["C0", "C1", "C2", "C7"])
-    right.set_xlabel("LeNet images/s")
-    right.set_title("bulk scoring")
+    labels = [f"{s['workers']}x{s['threads']}" for s in report["shapes"]] + ["peer"]
+    single = [s["single"][1]["rps"] for s in report["shapes"]] + [report["peer"]["single"][1]["rps"]]
+    left.bar(labels, single, color=[*(["C0"] * len(report["shapes"])), "C7"])
+    left.set_ylabel("requests/s")
+    left.set_title("one LeNet image per request, c=32")
+    bulk_labels = [f"{s['workers']}x{s['threads']}" for s in report["shapes"]]
+    bulk = [s["bulk"][1]["images_per_s"] for s in report["shapes"]]
+    raw = [s["raw_1024"]["rows_per_s"] for s in report["shapes"]]
+    x = np.arange(len(bulk_labels))
+    right.bar(x - 0.2, bulk, 0.4, label="server, V2 binary, 2 per worker in flight")
+    right.bar(x + 0.2, raw, 0.4, label="in process, same threads", color="C7")
+    right.set_xticks(x, bulk_labels)
+    right.set_ylabel("LeNet images/s")
+    right.set_title("bulk, 1024 images per request")
+    right.legend()
+    fig.suptitle(report["machine"])
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
-def publish(report: dict[str, Any], text: str) -> None:
+def publish(text: str, report: dict[str, Any]) -> None:
     doc = REPO / "BENCHMARKS.md"
     marker_start, marker_end = "<!-- bench:start -->", "<!-- bench:end -->"
-    content = doc.read_text()
-    head, rest = content.split(marker_start)
+    head, rest = doc.read_text().split(marker_start)
     _, tail = rest.split(marker_end)
     doc.write_text(f"{head}{marker_start}\n{text}\n{marker_end}{tail}")
     chart(report, REPO / "benchmarks" / "bench.png")
@@ -268,18 +275,18 @@ def publish(report: dict[str, Any], text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and rows (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and rows (about 2 minutes on 2 cores)")
     parser.add_argument("--publish", action="store_true", help="rewrite BENCHMARKS.md and benchmarks/bench.png")
     args = parser.parse_args()
     started = time.perf_counter()
     report = run(args.quick)
-    text = table(report)
+    text = tables(report) + "\n\n" + targets_table(report)
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=2))
     chart(report, RESULTS / "bench.png")
     print(text)
     print(f"\n{time.perf_counter() - started:.0f} s; results in {RESULTS.relative_to(REPO)}/bench.json and bench.png")
     if args.publish:
-        publish(report, text)
+        publish(text, report)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """A bounded HTTP load generator: N requests (or a time limit) at a fixed concurrency (aiohttp, uvloop).
 
+    python -m benchmarks.load URL BODY_FILE CONCURRENCY REQUESTS LIMIT_S [HEADERS_JSON]
+
 It runs in its own process so that its CPU use can be reported beside the server's.
 """
 
@@ -27,12 +29,13 @@ class LoadResult:
     client_cpu_s: float  # the load generator's own CPU time
 
 
-async def _run(url: str, body: bytes, concurrency: int, requests: int, limit_s: float) -> LoadResult:
+async def _run(
+    url: str, body: bytes, concurrency: int, requests: int, limit_s: float, headers: dict[str, str]
+) -> LoadResult:
     latencies: list[float] = []
     errors = 0
     sent = 0
     deadline = time.perf_counter() + limit_s
-    headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
@@ -51,7 +54,8 @@ async def _run(url: str, body: bytes, concurrency: int, requests: int, limit_s: 
                 errors += not ok
 
         # warm-up at full concurrency (connections, the server's batcher), then the measured requests
-        await asyncio.gather(*(worker(max(200, requests // 10)) for _ in range(concurrency)))
+        warm_up = max(2 * concurrency, min(200, requests // 5))
+        await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
         latencies.clear()
         sent, errors = 0, 0
         cpu, started = time.process_time(), time.perf_counter()
@@ -65,9 +69,10 @@ async def _run(url: str, body: bytes, concurrency: int, requests: int, limit_s: 
 
 def main() -> None:
     url, body_file, concurrency, requests, limit_s = sys.argv[1:6]
+    headers = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {"content-type": "application/json"}
     with open(body_file, "rb") as f:
         body = f.read()
-    result = uvloop.run(_run(url, body, int(concurrency), int(requests), float(limit_s)))
+    result = uvloop.run(_run(url, body, int(concurrency), int(requests), float(limit_s), headers))
     print(json.dumps(asdict(result)))
 
 

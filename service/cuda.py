@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 CUDA = "CUDAExecutionProvider"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # where `service` imports from (a bento: its src/)
 PROBE_TIMEOUT_S = 180  # CUDA's first initialisation can take tens of seconds on a cold machine
 
 # ONNX Runtime's words for what went wrong, most specific first
@@ -71,9 +72,11 @@ class ProbeResult:
 
 def probe(models: list[Path], options: dict[str, str]) -> ProbeResult:
     """Create a session on CUDA for each model and run it once, in a child process."""
-    command = [sys.executable, "-m", "service.cuda", json.dumps(options), *map(str, models)]
+    command = [sys.executable, "-m", "service.cuda", json.dumps(options), *(str(m.resolve()) for m in models)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            command, cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"creating a CUDA session did not finish in {PROBE_TIMEOUT_S} s")
     if done.returncode == 0:

@@ -14,9 +14,11 @@ from pathlib import Path
 PROC_SELF = Path("/proc/self")
 
 # One worker per this many cores, each with this many intra-op threads. Measured on 16 cores (BENCHMARKS.md):
-# single-image requests scale with workers (1 -> 4 -> 8 workers: 853 -> 3,228 -> 5,814 req/s), bulk peaks at
-# 4 workers x 4 threads (92k, 217k, 153k images/s), and one ORT call gains ~4x from 1 to 4 threads.
-THREADS_PER_WORKER = 4
+# single-image requests scale with workers (1, 4, 8 workers: 853, 3,228, 5,814 req/s); each worker's event
+# loop is a core's worth of Python, so small requests want many. Bulk throughput needs enough requests in
+# flight to fill the workers (with 4 in flight, 8 workers x 2 threads left half the cores idle: 153k against
+# 217k images/s for 4 x 4); a single bulk request is then slower (~2x at 2 threads than at 4), not the server.
+THREADS_PER_WORKER = 2
 
 
 @dataclass(frozen=True)

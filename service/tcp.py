@@ -69,7 +69,8 @@ class QuickAck:
             return receive
 
         async def acknowledging() -> MutableMapping[str, Any]:
-            with contextlib.suppress(OSError):  # the connection is gone: receive() will say so
+            # A connection closed meanwhile raises (uvloop: ValueError for its fd -1); receive() says so
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
             return await receive()
 

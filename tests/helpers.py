@@ -46,6 +46,8 @@ class Reference:
 
     def session(self, name: str) -> ort.InferenceSession:
         if name not in self.sessions:
+            if self.provider == "CUDAExecutionProvider":
+                ort.preload_dlls()  # as the server does: the CUDA libraries of the nvidia-* wheels
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.runtime["intra_op_threads"]
             options.add_session_config_entry(

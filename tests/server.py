@@ -93,9 +93,9 @@ def stop(server: Server) -> None:
                 child.kill()
 
 
-def refused_start(log: Path, env: dict[str, str] | None = None) -> str:
+def refused_start(log: Path, env: dict[str, str] | None = None, **kwargs: object) -> str:
     """Start a server that must refuse to start: it exits non-zero at once, with one line and no traceback."""
-    server = launch(log, env)
+    server = launch(log, env, **kwargs)  # type: ignore[arg-type]
     try:
         server.process.wait(timeout=120)
     finally:

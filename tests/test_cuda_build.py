@@ -9,7 +9,9 @@ probe can tell that it cannot run.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from service import cuda
 from tests.helpers import Reference
-from tests.server import refused_start, running
+from tests.server import BENTOML, REPO, refused_start, running
 
 GPU_BUILD = Path(sys.prefix) / "onnxruntime-gpu"  # `make test` installs it there (~255 MB, once)
 REFUSED = re.compile(
@@ -45,6 +47,20 @@ def test_cuda_required_without_its_libraries_refuses_in_one_line_naming_the_libr
     assert refused is not None, line
     with pytest.raises(OSError, match="cannot open shared object file"):
         ctypes.CDLL(refused["library"])  # the library it names is indeed the one this machine lacks
+
+
+def test_the_built_bento_probes_from_its_own_source(gpu_build: dict[str, str], tmp_path: Path) -> None:
+    """Served from a bento in another directory, the probe still imports the service (it runs as a child)."""
+    home = tmp_path / "bentoml-home"
+    env = os.environ | {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    subprocess.run([BENTOML, "build"], cwd=REPO, env=env, check=True, capture_output=True)
+    line = refused_start(
+        tmp_path / "server.log",
+        gpu_build | {"TINYSERVE_PROVIDERS": "cuda", "BENTOML_HOME": str(home)},
+        target="tinyserve:latest",
+        cwd=tmp_path,
+    )
+    assert REFUSED.fullmatch(line), line
 
 
 def test_auto_falls_back_to_the_cpu_once_with_the_reason(gpu_build: dict[str, str], tmp_path: Path) -> None:

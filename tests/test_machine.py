@@ -18,11 +18,11 @@ from tests.server import Server, running
         (1, 0, 0, (1, 1)),
         (2, 0, 0, (1, 2)),  # this machine: one worker with both cores
         (3, 0, 0, (1, 3)),
-        (8, 0, 0, (2, 4)),
-        (16, 0, 0, (4, 4)),  # the measured 16-core optimum for bulk (BENCHMARKS.md)
-        (64, 0, 0, (16, 4)),
-        (16, 8, 0, (8, 2)),  # workers given: the cores are shared among them
-        (16, 0, 2, (8, 2)),  # threads given: as many workers as fit
+        (8, 0, 0, (4, 2)),
+        (16, 0, 0, (8, 2)),  # the measured 16-core optimum for single images (BENCHMARKS.md)
+        (64, 0, 0, (32, 2)),
+        (16, 4, 0, (4, 4)),  # workers given: the cores are shared among them
+        (16, 0, 4, (4, 4)),  # threads given: as many workers as fit
         (16, 2, 16, (2, 16)),  # both given: taken as they are, even oversubscribed
         (2, 4, 0, (4, 1)),
     ],
