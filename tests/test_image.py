@@ -79,7 +79,8 @@ def test_image_runs_as_a_numeric_non_root_user_without_build_tools(built: Built)
     assert containers.inspect(built.image, "{{.Config.User}}") == USER
     assert containers.run(built.image, "-u", flags=("--entrypoint", "id")).stdout.strip() == "1034"
     # As root, to see every file: no compiler or git, no wheel of the wheelhouse left, no installer in the venv.
-    probe = "for t in gcc cc c++ make git; do command -v $t; done; find /app /home /tmp -name '*.whl'; ls /app/.venv/bin"
+    probe = "for t in gcc cc c++ make git; do command -v $t; done; "
+    probe += "find /app /home /tmp -name '*.whl'; ls /app/.venv/bin"
     done = containers.run(built.image, "-c", probe, flags=("--entrypoint", "sh", "--user", "0"))
     assert done.returncode == 0, done.stderr
     assert "pip" not in done.stdout.split() and "bentoml" in done.stdout.split()
