@@ -50,9 +50,15 @@ def build(variant: str, image: str, bentoml_home: Path) -> str:
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
     }
     done = subprocess.run(
-        ["deploy/image/build.sh", variant], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        ["deploy/image/build.sh", variant],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
     )
-    output = done.stdout + done.stderr
+    output = done.stdout
     if done.returncode != 0:
         raise RuntimeError(f"deploy/image/build.sh {variant} failed ({done.returncode}):\n{output[-6000:]}")
     return output

@@ -4,6 +4,7 @@ image, onnxruntime-gpu with the CUDA and cuDNN wheels its provider needs, TINYSE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -61,6 +62,10 @@ def test_cuda_provider_finds_every_library_but_the_driver_in_the_wheels(image: s
     assert done.stdout.split() == [DRIVER]
 
 
-def test_cuda_image_has_the_cpu_image_base_and_no_cuda_base(image: str) -> None:
-    dockerfile = containers.run(image, "-c", "cat env/docker/Dockerfile", flags=("--entrypoint", "sh")).stdout
-    assert dockerfile.count("FROM python:3.11-slim-bookworm AS") == 2 and "nvidia/cuda" not in dockerfile
+def test_cuda_image_is_built_on_the_base_of_the_cpu_image(image: str) -> None:
+    base = re.search(r'base_image: "(.+)"', (REPO / "bentofile.cuda.yaml").read_text())
+    assert base and base[1] == "python:3.11-slim-bookworm"
+    assert base[1] in (REPO / "bentofile.yaml").read_text()
+    base_layers = containers.inspect(f"docker.io/library/{base[1]}", "{{json .RootFS.Layers}}")
+    image_layers = containers.inspect(image, "{{json .RootFS.Layers}}")
+    assert image_layers.startswith(base_layers.rstrip("]"))  # the base's layers, then the image's own

@@ -64,7 +64,7 @@ def test_built_bento_serves_a_correct_prediction(bento: Path, bento_home: Path, 
 def test_cuda_variant_has_the_cpu_base_and_onnxruntime_gpu_with_its_cuda_wheels(tmp_path: Path) -> None:
     bento = _build(tmp_path, "bentofile.cuda.yaml")
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim-bookworm AS base-container" in dockerfile and "nvidia/cuda" not in dockerfile
+    assert "FROM python:3.11-slim-bookworm as base-container" in dockerfile and "nvidia/cuda" not in dockerfile
     assert "ENV TINYSERVE_PROVIDERS=$TINYSERVE_PROVIDERS" in dockerfile
     requirements = _requirements(bento)
     assert "onnxruntime-gpu==1.31.1" in requirements and "onnxruntime==1.31.1" not in requirements
