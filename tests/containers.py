@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,31 +42,38 @@ def run_flags(name: str) -> list[str]:
     return flags
 
 
-def build(variant: str, image: str, bentoml_home: Path) -> str:
-    """Run deploy/image/build.sh as `make image` does; returns its output (the last line names the image)."""
-    env = os.environ | {
-        "BENTOML_HOME": str(bentoml_home),
-        "IMAGE": image,
-        "CONTAINER_ENGINE": engine(),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-    }
-    done = subprocess.run(
-        ["deploy/image/build.sh", variant],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-    )
-    output = done.stdout
+@dataclass
+class Built:
+    tag: str  # what build.sh was asked to name it
+    image: str  # its id: what the tests run, even if another run moves the tag meanwhile
+    output: str  # build.sh's output; its last line names the image and its size
+
+
+def build(variant: str) -> Built:
+    """Run deploy/image/build.sh as `make image` does, into a throwaway BENTOML_HOME.
+
+    The image stays, tagged localhost/tinyserve-test:VARIANT: its layers are the next run's build cache (the
+    venv layer is reused while the lock is the same), as they are for a developer's `make image`."""
+    tag = f"localhost/tinyserve-test:{variant}"
+    with tempfile.TemporaryDirectory(prefix="bentoml-home-") as home:
+        env = os.environ | {
+            "BENTOML_HOME": home,
+            "IMAGE": tag,
+            "CONTAINER_ENGINE": engine(),
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+        done = subprocess.run(
+            ["deploy/image/build.sh", variant],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
     if done.returncode != 0:
-        raise RuntimeError(f"deploy/image/build.sh {variant} failed ({done.returncode}):\n{output[-6000:]}")
-    return output
-
-
-def remove_image(image: str) -> None:
-    subprocess.run([engine(), "rmi", "--force", image], capture_output=True, check=False)
+        raise RuntimeError(f"deploy/image/build.sh {variant} failed ({done.returncode}):\n{done.stdout[-6000:]}")
+    return Built(tag, inspect(tag, "{{.Id}}"), done.stdout)
 
 
 def inspect(image: str, template: str) -> str:

@@ -4,12 +4,10 @@ serving as the host does (the README's calls, metrics, SIGTERM, a changed model 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,23 +26,15 @@ USER = "1034:1034"  # numeric, so that Kubernetes' runAsNonRoot can check it
 MAX_MB = 500
 
 
-@dataclass
-class Built:
-    image: str
-    output: str
+@pytest.fixture(scope="module")
+def built() -> containers.Built:
+    built = containers.build("cpu")
+    print(built.output.splitlines()[-1])  # the image's name, size and build time, for CI's log
+    return built
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    image = f"localhost/tinyserve-test:{os.getpid()}"
-    output = containers.build("cpu", image, tmp_path_factory.mktemp("bentoml-home"))
-    print(output.splitlines()[-1])  # the image's name, size and build time, for CI's log
-    yield Built(image, output)
-    containers.remove_image(image)
-
-
-@pytest.fixture(scope="module")
-def container(built: Built) -> Iterator[containers.Container]:
+def container(built: containers.Built) -> Iterator[containers.Container]:
     with containers.serving(built.image) as served:
         yield served
 
@@ -65,17 +55,17 @@ def installed_versions(image: str) -> set[str]:
     return set(done.stdout.split())
 
 
-def test_build_prints_the_image_name_and_a_size_within_the_budget(built: Built) -> None:
+def test_build_prints_the_image_name_and_a_size_within_the_budget(built: containers.Built) -> None:
     last = built.output.strip().splitlines()[-1]
     match = re.fullmatch(
-        rf"image {re.escape(built.image)}: (\d+) MB, built with \w+ in \d+ s \(bento tinyserve:\w+\)", last
+        rf"image {re.escape(built.tag)}: (\d+) MB, built with \w+ in \d+ s \(bento tinyserve:\w+\)", last
     )
     assert match, last
     size_mb = int(containers.inspect(built.image, "{{.Size}}")) // 1_000_000
     assert int(match[1]) == size_mb <= MAX_MB
 
 
-def test_image_runs_as_a_numeric_non_root_user_without_build_tools(built: Built) -> None:
+def test_image_runs_as_a_numeric_non_root_user_without_build_tools(built: containers.Built) -> None:
     assert containers.inspect(built.image, "{{.Config.User}}") == USER
     assert containers.run(built.image, "-u", flags=("--entrypoint", "id")).stdout.strip() == "1034"
     # As root, to see every file: no compiler or git, no wheel of the wheelhouse left, no installer in the venv.
@@ -87,7 +77,7 @@ def test_image_runs_as_a_numeric_non_root_user_without_build_tools(built: Built)
     assert [line for line in done.stdout.splitlines() if "/" in line] == []
 
 
-def test_every_python_package_is_the_locked_version(built: Built) -> None:
+def test_every_python_package_is_the_locked_version(built: containers.Built) -> None:
     assert installed_versions(built.image) == locked_versions(LOCK)
 
 
@@ -137,14 +127,14 @@ def test_metrics_count_the_rows_the_container_scored(container: containers.Conta
     assert rows() == before + 3
 
 
-def test_sigterm_to_pid_1_drains_and_exits_zero_within_10_seconds(built: Built) -> None:
+def test_sigterm_to_pid_1_drains_and_exits_zero_within_10_seconds(built: containers.Built) -> None:
     with containers.serving(built.image) as served:
         # `stop -t 10`: SIGTERM, then SIGKILL after 10 s, which would make the exit code 137
         assert served.stop(grace_seconds=10) == 0
         assert "SIGTERM: not ready any more; draining for 2.0 s" in served.logs()
 
 
-def test_a_changed_model_file_stops_the_container_with_one_line(built: Built, tmp_path: Path) -> None:
+def test_a_changed_model_file_stops_the_container_with_one_line(built: containers.Built, tmp_path: Path) -> None:
     changed = tmp_path / "model.onnx"
     changed.write_bytes((REPO / "models" / "linear" / "1" / "model.onnx").read_bytes() + b"\0")
     changed.chmod(0o644)

@@ -3,9 +3,7 @@ image, onnxruntime-gpu with the CUDA and cuDNN wheels its provider needs, TINYSE
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,12 +26,10 @@ ldd $site/onnxruntime/capi/libonnxruntime_providers_cuda.so | awk '/not found/ {
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"localhost/tinyserve-cuda-test:{os.getpid()}"
-    output = containers.build("cuda", name, tmp_path_factory.mktemp("bentoml-home"))
-    print(output.splitlines()[-1])  # the image's name, size and build time, for CI's log
-    yield name
-    containers.remove_image(name)
+def image() -> str:
+    built = containers.build("cuda")
+    print(built.output.splitlines()[-1])  # the image's name, size and build time, for CI's log
+    return built.image
 
 
 def test_cuda_image_asks_for_cuda_and_the_driver(image: str) -> None:
