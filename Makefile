@@ -6,10 +6,10 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-gpu lint format train bench fuzz soak clean system-deps
+.PHONY: help serve test test-gpu lint format train bench fuzz soak clean system-deps lock image image-cuda
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,8 @@ serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
 	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
 
 # System packages that the tests drive for real, installed with apt-get when missing (as root, as CI runs).
-APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core fonts-dejavu-extra fontconfig
+# podman runs the image in the tests, with runc: crun refuses hosts whose cgroups are half v1, half v2.
+APT_PACKAGES := chromium buildah podman runc debootstrap fonts-dejavu-core fonts-dejavu-extra fontconfig
 
 system-deps:  ## install the system packages the tests use (apt-get, as root), when missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -85,5 +86,20 @@ fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 ca
 soak: $(VENV)/.all  ## 30 minutes of mixed traffic at 40 requests/s: statuses, latency over time, server memory
 	$(BIN)/python -m benchmarks.soak --minutes 30
 
-clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+# The images: the wheels of the lock, `bentoml build`, `bentoml containerize` with Docker, Podman or Buildah,
+# whichever is here (CONTAINER_ENGINE= picks one); IMAGE= names the image (default: the bento's tag).
+image: $(VENV)/.serve  ## build the CPU image (bento + container) and print its name and size
+	PATH="$(abspath $(BIN)):$$PATH" deploy/image/build.sh cpu
+
+image-cuda: $(VENV)/.serve  ## build the CUDA image (onnxruntime-gpu with its CUDA and cuDNN wheels)
+	PATH="$(abspath $(BIN)):$$PATH" deploy/image/build.sh cuda
+
+# Every package of the images at one version, with hashes, for Linux x86_64 and CPython 3.11 (the base image's).
+LOCK := $(BIN)/uv pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--generate-hashes --custom-compile-command "make lock"
+lock: $(VENV)/.all  ## lock requirements/serve*.txt into requirements/*.lock.txt (ARGS=--upgrade: newest versions)
+	$(LOCK) $(ARGS) requirements/serve.txt -o requirements/serve.lock.txt
+	$(LOCK) $(ARGS) requirements/serve-cuda.txt -o requirements/serve-cuda.lock.txt
+
+clean:  ## remove the virtual environment, caches and build/ (wheelhouses, temporary build contexts)
+	rm -rf $(VENV) $(GPU_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
