@@ -157,21 +157,28 @@ class Scorer:
                     future.cancel()
 
     def _score_chunk(self, chunk: formats.Chunk, parts: Path) -> list[dict[str, Any]]:
-        predictions: dict[int, dict[str, Any]] = {}
-        if chunk.x is not None and len(chunk.x):
-            try:
-                scored = self.backend().predict(chunk.x)
-                predictions = dict(zip(chunk.indices, scored, strict=True))
-            except ClientFault as e:  # the server refused this chunk: every row of it gets the reason
-                predictions = {i: {"error": str(e)} for i in chunk.indices}
-        records = []
-        for index in range(chunk.start, chunk.start + chunk.count):
-            if index in chunk.errors:
-                records.append({"row": index, "error": f"row {index}: {chunk.errors[index]}"})
-            else:
-                records.append({"row": index} | predictions[index] | {"error": predictions[index].get("error")})
+        records = chunk_records(chunk, self.backend())
         _write_part(parts, chunk.start, records)
         return records
+
+
+def chunk_records(chunk: formats.Chunk, backend: Backend) -> list[dict[str, Any]]:
+    """One record per row of the chunk, in row order: its prediction, or why the row (or its chunk) was refused.
+    Every engine scores a chunk through here, so that the same input gives the same records."""
+    predictions: dict[int, dict[str, Any]] = {}
+    if chunk.x is not None and len(chunk.x):
+        try:
+            scored = backend.predict(chunk.x)
+            predictions = dict(zip(chunk.indices, scored, strict=True))
+        except ClientFault as e:  # the server refused this chunk: every row of it gets the reason
+            predictions = {i: {"error": str(e)} for i in chunk.indices}
+    records = []
+    for index in range(chunk.start, chunk.start + chunk.count):
+        if index in chunk.errors:
+            records.append({"row": index, "error": f"row {index}: {chunk.errors[index]}"})
+        else:
+            records.append({"row": index} | predictions[index] | {"error": predictions[index].get("error")})
+    return records
 
 
 def _fingerprint(source: Path, model: str, chunk_rows: int, output: Path) -> dict[str, Any]:
