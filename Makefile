@@ -19,9 +19,9 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[serve]'
 	@touch $@
 
-# Everything: serving, training (torch==2.13.0 from local disk), client, and the dev tools.
+# Everything: serving, training (torch==2.13.0 from local disk), client (with Ray), and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,train,client,parquet,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,train,client,parquet,ray,dev]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)

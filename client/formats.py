@@ -273,7 +273,7 @@ def _pick_columns(name: str, header: list[str], columns: list[str] | None, shape
 
 def _jsonl_rows(f: IO[bytes]) -> Iterator[tuple[int, Any]]:
     """Each line: the typed request's field for one row: {"x": 1.0}, {"x": [73, 80, 75]}, {"image": [[...]]}."""
-    lines: IO[bytes] = f if isinstance(f, io.BufferedIOBase) else io.BufferedReader(f)  # type: ignore[type-var]
+    lines: IO[bytes] = f if isinstance(f, io.BufferedReader) else io.BufferedReader(f)  # type: ignore[type-var]
     for index, line in enumerate(lines):
         try:
             record = json.loads(line)

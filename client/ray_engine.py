@@ -104,6 +104,7 @@ class RayEngine:
             backend = ray_tasks.Servers(s.model, urls, s.protocol, s.timeout, s.retries, s.backoff, s.token)
             # Clients mostly wait on their servers: a quarter of a CPU each, so that --concurrency of them fit.
             actors, actor_cpus = self.actors or s.concurrency, 0.25
+        actors = max(1, min(actors, chunks.chunks))  # an actor with no chunk to score only costs its start
         # Reads ask for no CPU of their own: with every CPU held by an actor they could not be scheduled
         # (a deadlock); they are bounded by `concurrency` instead.
         dataset = ray.data.read_datasource(chunks, num_cpus=0, concurrency=max(1, min(cpus, len(chunks.starts))))
@@ -173,7 +174,7 @@ def _native_stderr_aside() -> Iterator[Path]:
     """Ray's C++ core writes its log lines at ERROR straight to this process's file descriptor 2, past
     Python's logging: among them a notice about actor restarts that every Ray Data actor pool raises
     (ray-project/ray#53727). While Ray runs, descriptor 2 goes to a file and Python's stderr (progress,
-    warnings) to a copy of the real one. The file is removed after a run that succeeds."""
+    warnings) to a copy of the real one. The file stays only when a run fails, and has something to say."""
     fd, name = tempfile.mkstemp(prefix="tinyserve-ray-", suffix=".log")
     log = Path(name)
     sys.stderr.flush()
@@ -197,7 +198,7 @@ def _native_stderr_aside() -> Iterator[Path]:
         sys.stderr = python_stderr
         for handler in handlers:
             handler.setStream(python_stderr)  # type: ignore[attr-defined]
-        if not failed:
+        if not failed or not log.stat().st_size:
             log.unlink()
 
 

@@ -38,6 +38,7 @@ class ChunkSource(FileBasedDatasource):
         super().__init__(paths, file_extensions=[suffix.lstrip(".") for suffix in formats.INPUTS])
         self.shape, self.chunk_rows, self.columns = shape, chunk_rows, columns
         self.starts: dict[str, int] = {}  # file -> index of its first row among all the files' rows
+        self.chunks = 0  # dataset rows: chunks of every file
 
     def number_rows(self) -> int:
         """Count every file's rows (here, on the driver) so that each chunk carries its rows' global indices."""
@@ -45,7 +46,9 @@ class ChunkSource(FileBasedDatasource):
         for path in self._paths():
             self.starts[path] = total
             with self._filesystem.open_input_file(path) as f:
-                total += formats.count_stream(f, path)
+                rows = formats.count_stream(f, path)
+            total += rows
+            self.chunks += -(-rows // self.chunk_rows)
         return total
 
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
