@@ -28,7 +28,9 @@ serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
 	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
 
 # System packages that the tests drive for real, installed with apt-get when missing (as root, as CI runs).
-APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core
+# bubblewrap: the service on a read-only root file system, as deploy/kubernetes/ runs it. (The tests also
+# need kubectl, v1.27+ for its kustomize; this machine image ships it: Debian's is too old.)
+APT_PACKAGES := chromium buildah debootstrap fonts-dejavu-core bubblewrap
 
 system-deps:  ## install the system packages the tests use (apt-get, as root), when missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
