@@ -36,6 +36,7 @@ from client import formats
 from client.backends import LocalBackend, ServerUnavailable
 from client.scorer import Scorer, Summary, _Progress
 
+logger = logging.getLogger("tinyserve.client")
 RAY_MISSING = "--engine ray needs Ray: pip install 'tinyserve[ray]'"
 
 
@@ -97,7 +98,8 @@ class RayEngine:
             entry = local.entry
             files = {p.name: p.read_bytes() for p in (entry.directory / modelrepo.CARD_FILE, entry.model_path)}
             backend: Any = ray_tasks.LocalModel(entry.name, entry.version, ray.put(files), threads=1)
-            actors, actor_cpus = self.actors or cpus, 1.0
+            actors = self.actors or cpus
+            actor_cpus = min(1.0, cpus / actors)  # more actors than CPUs, when asked for: they share them
         else:
             s = self.scorer
             urls = tuple(self.urls or [str(s.url)])
@@ -146,6 +148,7 @@ def connect(address: str | None) -> bool:
         import ray
     except ImportError:
         raise RayRunError(RAY_MISSING) from None
+    started = time.perf_counter()
     ray.init(
         address=address or "local",
         include_dashboard=False,
@@ -153,6 +156,9 @@ def connect(address: str | None) -> bool:
         logging_level=logging.ERROR,
     )
     _quiet()
+    cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+    where = f"joined the Ray cluster at {address}" if address else "started a local Ray"
+    logger.info("%s (%d CPUs) in %.1f s", where, cpus, time.perf_counter() - started)
     return True
 
 
@@ -165,7 +171,7 @@ def _quiet() -> None:
     context.print_on_execution_start = False
     context.execution_options.preserve_order = True  # chunks come out in input order: the output's row order
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):  # the console; Ray's log files keep everything
+        if isinstance(handler, logging.StreamHandler):  # the console; Ray's session log file keeps everything
             handler.setLevel(logging.ERROR)
 
 
@@ -215,12 +221,14 @@ def _new_source(
 def _write(dataset: Any, output: Path, fields: list[str], total: int, quiet: bool) -> Summary:
     """Every chunk's lines, in row order, into `output` via a temporary file and an atomic rename."""
     summary = Summary()
-    progress = _Progress(total, quiet)
+    progress: _Progress | None = None  # from the first chunk on: its rate is the pool's, not its start-up's
 
     def lines() -> Iterator[bytes]:
+        nonlocal progress
         expected = 0
         for chunk in dataset.iter_rows():
-            if chunk["start"] != expected:  # Ray keeps the order; this proves it, row by row
+            progress = progress or _Progress(total, quiet)
+            if chunk["start"] != expected:  # Ray keeps the order; this proves it, chunk by chunk
                 raise RuntimeError(f"the chunk of row {chunk['start']} came where row {expected} was due")
             expected += chunk["rows"]
             summary.rows_failed += chunk["failed"]
@@ -241,7 +249,8 @@ def _write(dataset: Any, output: Path, fields: list[str], total: int, quiet: boo
             formats.write_output(tmp, fields, records, total)
         os.replace(tmp, output)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return summary

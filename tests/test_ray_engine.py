@@ -211,7 +211,8 @@ def test_cli_starts_a_quiet_local_ray_by_default(digits: Path, tmp_path: Path) -
     assert result.returncode == 1, result.stderr  # two bad rows
     assert (tmp_path / "ray.npy").read_bytes() == expected
     lines = result.stderr.splitlines()
-    assert all(line.startswith("scored ") for line in lines[:-1]), result.stderr  # progress, nothing of Ray's
+    assert re.fullmatch(r"started a local Ray \(\d+ CPUs\) in [\d.]+ s", lines[0]), result.stderr
+    assert all(line.startswith("scored ") for line in lines[1:-1]), result.stderr  # progress, nothing of Ray's
     assert re.fullmatch(r"rows ok: 358, rows failed: 2, [\d,]+ rows/s, elapsed [\d.]+ s", lines[-1]), result.stderr
 
 
