@@ -19,9 +19,9 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[serve,client,triton]'
 	@touch $@
 
-# Everything: serving, clients, training (torch==2.13.0 from local disk), and the dev tools.
+# Everything: serving, clients (with Ray), training (torch==2.13.0 from local disk), and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,client,triton,train,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,client,triton,ray,train,dev]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
@@ -29,7 +29,9 @@ serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
 
 # System packages that the tests drive for real, installed with apt-get when missing (as root, as CI runs).
 # podman runs the image in the tests, with runc: crun refuses hosts whose cgroups are half v1, half v2.
-APT_PACKAGES := chromium buildah podman runc debootstrap fonts-dejavu-core fonts-dejavu-extra fontconfig
+# bubblewrap: the service on a read-only root file system, as deploy/kubernetes/ runs it. (The tests also
+# need kubectl, v1.27+ for its kustomize: this machine image ships it; Debian's is too old.)
+APT_PACKAGES := chromium buildah podman runc debootstrap fonts-dejavu-core fonts-dejavu-extra fontconfig bubblewrap
 
 system-deps:  ## install the system packages the tests use (apt-get, as root), when missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

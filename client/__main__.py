@@ -20,7 +20,7 @@ import click
 
 from client.backends import AuthenticationFailed, ServerUnavailable, default_models_dir
 from client.formats import FormatError
-from client.scorer import ResumeError, Scorer
+from client.scorer import ResumeError, Scorer, Summary
 from modelrepo import ModelRepositoryError
 
 
@@ -32,9 +32,9 @@ def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("model")
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("input_path", metavar="INPUT")
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path, dir_okay=False))
-@_option("--url", help="server to score against, e.g. http://127.0.0.1:3000")
+@_option("--url", multiple=True, help="server to score against, e.g. http://127.0.0.1:3000 (several: --engine ray)")
 @_option("--local", is_flag=True, default=False, help="run ONNX Runtime in this process; no server")
 @_option(
     "--models",
@@ -71,11 +71,29 @@ def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 )
 @_option("--resume", is_flag=True, default=False, help="continue an interrupted run into the same OUTPUT")
 @_option("--quiet", "-q", is_flag=True, default=False, help="no progress, only the summary")
+@_option(
+    "--engine",
+    type=click.Choice(["threads", "ray"]),
+    default="threads",
+    help="threads: this process, --concurrency requests at once; ray: Ray Data, an actor pool (pip install "
+    "'.[ray]' in the checkout); INPUT may then be a directory, a glob or a URI",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    show_envvar=True,
+    help="--engine ray: the Ray cluster to join (default: a local Ray with this machine's cores)",
+)
+@_option(
+    "--actors",
+    type=click.IntRange(1),
+    help="--engine ray: actors in the pool [default: CPUs with --local, --concurrency with --url]",
+)
 def main(
     model: str,
-    input_path: Path,
+    input_path: str,
     output_path: Path,
-    url: str | None,
+    url: tuple[str, ...],
     local: bool,
     models_dir: Path | None,
     protocol: str,
@@ -88,6 +106,9 @@ def main(
     columns: str | None,
     resume: bool,
     quiet: bool,
+    engine: str,
+    ray_address: str | None,
+    actors: int | None,
 ) -> None:
     """Score INPUT (.npy, .csv, .jsonl, .parquet) with MODEL into OUTPUT (.jsonl, .csv, .npy, .parquet).
 
@@ -98,9 +119,13 @@ def main(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     if bool(url) == local:
         raise click.UsageError("give either --url URL or --local")
+    if engine == "threads" and len(url) > 1:
+        raise click.UsageError("several --url need --engine ray")
+    if engine == "ray" and resume:
+        raise click.UsageError("--resume is for --engine threads: Ray retries failed chunks within a run")
     scorer = Scorer(
         model=model,
-        url=url,
+        url=url[0] if url else None,
         local=local,
         models_dir=models_dir or default_models_dir(),
         protocol=protocol,
@@ -114,7 +139,10 @@ def main(
         quiet=quiet,
     )
     try:
-        summary = scorer.score_file(input_path, output_path, resume=resume)
+        if engine == "ray":
+            summary = _score_on_ray(scorer, input_path, output_path, list(url), ray_address, actors)
+        else:
+            summary = scorer.score_file(Path(input_path), output_path, resume=resume)
     except ServerUnavailable as e:
         parts = output_path.with_name(output_path.name + ".parts")
         kept = len(list(parts.glob("*.jsonl"))) if parts.is_dir() else 0
@@ -138,6 +166,20 @@ def main(
         scorer.close()
     click.echo(summary.line(), err=True)
     sys.exit(1 if summary.rows_failed else 0)
+
+
+def _score_on_ray(
+    scorer: Scorer, source: str, output: Path, urls: list[str], address: str | None, actors: int | None
+) -> Summary:
+    from client.ray_engine import RayEngine, RayRunError
+
+    try:
+        return RayEngine(scorer, urls=urls, address=address, actors=actors).score(source, output)
+    except ServerUnavailable as e:  # nothing is kept: OUTPUT appears only when every chunk is scored
+        click.echo(f"error: server unavailable: {e}\nno output was written: rerun once the server is back", err=True)
+    except RayRunError as e:
+        click.echo(f"error: {e}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

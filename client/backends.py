@@ -92,7 +92,7 @@ def default_models_dir() -> Path:
 class LocalBackend:
     """ONNX Runtime in process on a model repository: no server."""
 
-    def __init__(self, model: str, models_dir: Path) -> None:
+    def __init__(self, model: str, models_dir: Path, threads: int = 0) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -100,10 +100,11 @@ class LocalBackend:
         entries = modelrepo.latest(modelrepo.discover(models_dir))
         if model not in entries:
             raise ValueError(f"unknown model {model!r}: {models_dir} has {', '.join(entries)}")
-        entry = entries[model]
+        self.entry = entry = entries[model]
         modelrepo.verify(entry)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
         self.session = ort.InferenceSession(str(entry.model_path), options, providers=["CPUExecutionProvider"])
         self.kind = ModelKind.from_card(entry.card)
 

@@ -8,11 +8,12 @@ format; the same records always give the same bytes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
@@ -62,7 +63,7 @@ class RowShape:
         return math.prod(self.shape)
 
 
-def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
+def _suffix(path: PurePath, allowed: tuple[str, ...], what: str) -> str:
     suffix = path.suffix.lower()
     if suffix not in allowed:
         raise FormatError(f"{path}: unsupported {what} format {suffix or '(none)'}; expected {', '.join(allowed)}")
@@ -144,72 +145,135 @@ def _chunked(rows: Iterable[tuple[int, Any]], size: int, shape: RowShape) -> Ite
 
 def count_rows(path: Path) -> int | None:
     """Rows in the input, cheaply, for the progress bar's ETA (None when unknown)."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return int(np.load(path, mmap_mode="r").shape[0])
-    if suffix in (".csv", ".jsonl"):
-        lines = 0
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                lines += block.count(b"\n")
-        return lines - 1 if suffix == ".csv" else lines
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    if path.suffix.lower() not in INPUTS or not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return count_stream(f, path.name)
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return None
+
+def count_stream(f: IO[bytes], name: str) -> int:
+    """Rows in one input file, exactly as its reader will number them: from the .npy header or the
+    Parquet footer; by lines for .csv (less the header) and .jsonl. .parquet needs a seekable stream."""
+    suffix = _suffix(PurePosixPath(name), INPUTS, "input")
+    if suffix == ".npy":
+        shape, _, _ = _npy_header(f, name)
+        return shape[0] if shape else 0
+    if suffix == ".parquet":
+        return int(_parquet_file(f).metadata.num_rows)
+    lines, last = 0, b"\n"
+    for block in iter(lambda: f.read(1 << 20), b""):
+        lines, last = lines + block.count(b"\n"), block[-1:]
+    lines += last != b"\n"  # a last line without its newline is a row too
+    return max(0, lines - 1) if suffix == ".csv" else lines
 
 
 def read_chunks(path: Path, shape: RowShape, size: int, columns: list[str] | None = None) -> Iterator[Chunk]:
-    suffix = _suffix(path, INPUTS, "input")
+    _suffix(path, INPUTS, "input")
     if not path.is_file():
         raise FormatError(f"{path}: input file not found")
-    if suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         return _read_npy(path, shape, size)
+    return _read_file(path, shape, size, columns)
+
+
+def _read_file(path: Path, shape: RowShape, size: int, columns: list[str] | None) -> Iterator[Chunk]:
+    with path.open("rb") as f:
+        yield from read_stream(f, str(path), shape, size, columns)
+
+
+def read_stream(
+    f: IO[bytes], name: str, shape: RowShape, size: int, columns: list[str] | None = None, start: int = 0
+) -> Iterator[Chunk]:
+    """The chunks of one input file read from an open binary stream (a file on any file system), its rows
+    numbered from `start`. The same rows give the same chunks as `read_chunks`. .parquet needs seeking."""
+    suffix = _suffix(PurePosixPath(name), INPUTS, "input")
+    if suffix == ".npy":
+        return _npy_stream(f, name, shape, size, start)
     if suffix == ".csv":
-        return _chunked(_csv_rows(path, shape, columns), size, shape)
-    if suffix == ".jsonl":
-        return _chunked(_jsonl_rows(path), size, shape)
-    return _chunked(_parquet_rows(path, columns), size, shape)
+        rows = _csv_rows(io.TextIOWrapper(f, newline=""), name, shape, columns)
+    elif suffix == ".jsonl":
+        rows = _jsonl_rows(f)
+    else:
+        rows = _parquet_rows(f, columns)
+    return _chunked(((start + index, values) for index, values in rows), size, shape)
 
 
 def _read_npy(path: Path, shape: RowShape, size: int) -> Iterator[Chunk]:
     data = np.load(path, mmap_mode="r")  # memory-mapped: only the chunk in hand is read
-    if data.ndim == 1 and shape.size == 1:
-        data = data.reshape(-1, 1)
-    mnist = shape.pixels and data.shape[1:] in ((28, 28), (1, 28, 28))
-    if data.ndim < 2 or (math.prod(data.shape[1:]) != shape.size and not mnist):
-        raise FormatError(f"{path}: expected rows of {list(shape.shape)} values, the array is {list(data.shape)}")
-    for start in range(0, len(data), size):
-        block = np.asarray(data[start : start + size])
+    return _npy_chunks(str(path), data.shape, lambda a, b: np.asarray(data[a:b]), shape, size)
+
+
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+    except ValueError as e:
+        raise FormatError(f"{name}: not a .npy file ({e})") from None
+    return shape, fortran_order, dtype
+
+
+def _npy_stream(f: IO[bytes], name: str, shape: RowShape, size: int, start: int) -> Iterator[Chunk]:
+    """.npy read sequentially, block by block, as `_read_npy` reads its memory map."""
+    array_shape, fortran_order, dtype = _npy_header(f, name)
+    if fortran_order or dtype.hasobject:
+        raise FormatError(f"{name}: expected a C-ordered array of numbers (np.save(np.ascontiguousarray(x)))")
+    row_bytes = dtype.itemsize * math.prod(array_shape[1:])
+
+    def block(a: int, b: int) -> np.ndarray:
+        data = f.read((b - a) * row_bytes)
+        if len(data) != (b - a) * row_bytes:
+            raise FormatError(f"{name}: the file ends at row {a + len(data) // max(row_bytes, 1)} of {array_shape[0]}")
+        return np.frombuffer(data, dtype=dtype).reshape(b - a, *array_shape[1:])
+
+    return _npy_chunks(name, array_shape, block, shape, size, start)
+
+
+def _npy_chunks(
+    name: str,
+    array_shape: tuple[int, ...],
+    block: Callable[[int, int], np.ndarray],
+    shape: RowShape,
+    size: int,
+    start: int = 0,
+) -> Iterator[Chunk]:
+    """Chunks of rows [a, b) taken with `block(a, b)`, in order, from an array of `array_shape`."""
+    if len(array_shape) == 1 and shape.size == 1:
+        array_shape = (array_shape[0], 1)
+    mnist = shape.pixels and array_shape[1:] in ((28, 28), (1, 28, 28))
+    if len(array_shape) < 2 or (math.prod(array_shape[1:]) != shape.size and not mnist):
+        raise FormatError(f"{name}: expected rows of {list(shape.shape)} values, the array is {list(array_shape)}")
+    rows = array_shape[0]
+    for a in range(0, rows, size):
+        b = min(a + size, rows)
+        values = block(a, b)
         if mnist:  # 28x28: zero border to 32x32, as LeNet-5 was trained
-            block = np.pad(block.reshape(-1, 28, 28), ((0, 0), (2, 2), (2, 2)))
-        chunk = Chunk(start=start, count=len(block))
-        yield _validate_block(chunk, list(range(start, start + len(block))), block, shape)
+            values = np.pad(values.reshape(-1, 28, 28), ((0, 0), (2, 2), (2, 2)))
+        chunk = Chunk(start=start + a, count=b - a)
+        yield _validate_block(chunk, list(range(start + a, start + b)), values, shape)
 
 
-def _csv_rows(path: Path, shape: RowShape, columns: list[str] | None) -> Iterator[tuple[int, Any]]:
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        picks = _pick_columns(path, header, columns, shape)
-        for index, record in enumerate(reader):
-            if len(record) != len(header):
-                yield index, ValueError(f"expected {len(header)} fields as in the header, got {len(record)}")
-                continue
-            try:
-                yield index, [float(record[i]) for i in picks]
-            except ValueError as e:
-                yield index, ValueError(f"not a number: {e}".replace("could not convert string to float: ", ""))
+def _csv_rows(f: IO[str], name: str, shape: RowShape, columns: list[str] | None) -> Iterator[tuple[int, Any]]:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+        return
+    picks = _pick_columns(name, header, columns, shape)
+    for index, record in enumerate(reader):
+        if len(record) != len(header):
+            yield index, ValueError(f"expected {len(header)} fields as in the header, got {len(record)}")
+            continue
+        try:
+            yield index, [float(record[i]) for i in picks]
+        except ValueError as e:
+            yield index, ValueError(f"not a number: {e}".replace("could not convert string to float: ", ""))
 
 
-def _pick_columns(path: Path, header: list[str], columns: list[str] | None, shape: RowShape) -> list[int]:
+def _pick_columns(name: str, header: list[str], columns: list[str] | None, shape: RowShape) -> list[int]:
     if not columns:
         if len(header) != shape.size:
             raise FormatError(
-                f"{path}: {len(header)} columns but the model takes {shape.size} features; choose them with --columns"
+                f"{name}: {len(header)} columns but the model takes {shape.size} features; choose them with --columns"
             )
         return list(range(len(header)))
     picks = []
@@ -219,33 +283,33 @@ def _pick_columns(path: Path, header: list[str], columns: list[str] | None, shap
         elif column.isdigit() and int(column) < len(header):
             picks.append(int(column))
         else:
-            raise FormatError(f"{path}: no column {column!r}; the header has {', '.join(header)}")
+            raise FormatError(f"{name}: no column {column!r}; the header has {', '.join(header)}")
     if len(picks) != shape.size:
-        raise FormatError(f"{path}: --columns picks {len(picks)} columns, the model takes {shape.size} features")
+        raise FormatError(f"{name}: --columns picks {len(picks)} columns, the model takes {shape.size} features")
     return picks
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _jsonl_rows(f: IO[bytes]) -> Iterator[tuple[int, Any]]:
     """Each line: the typed request's field for one row: {"x": 1.0}, {"x": [73, 80, 75]}, {"image": [[...]]}."""
-    with path.open("rb") as f:
-        for index, line in enumerate(f):
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                yield index, ValueError(f"not valid JSON ({e})")
-                continue
-            if not isinstance(record, dict):
-                yield index, ValueError("expected a JSON object per line")
-                continue
-            keys = [k for k in ("x", "image", "images") if k in record]
-            if len(keys) != 1 or len(record) != 1:
-                yield index, ValueError(f"expected one field, x or image, got {', '.join(record) or 'none'}")
-                continue
-            value = record[keys[0]]
-            if isinstance(value, bool) or _has_non_number(value):
-                yield index, ValueError("expected numbers, got booleans, strings or nulls")
-                continue
-            yield index, value
+    lines: IO[bytes] = f if isinstance(f, io.BufferedReader) else io.BufferedReader(f)  # type: ignore[type-var]
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            yield index, ValueError(f"not valid JSON ({e})")
+            continue
+        if not isinstance(record, dict):
+            yield index, ValueError("expected a JSON object per line")
+            continue
+        keys = [k for k in ("x", "image", "images") if k in record]
+        if len(keys) != 1 or len(record) != 1:
+            yield index, ValueError(f"expected one field, x or image, got {', '.join(record) or 'none'}")
+            continue
+        value = record[keys[0]]
+        if isinstance(value, bool) or _has_non_number(value):
+            yield index, ValueError("expected numbers, got booleans, strings or nulls")
+            continue
+        yield index, value
 
 
 def _has_non_number(value: Any) -> bool:
@@ -254,13 +318,17 @@ def _has_non_number(value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, int | float)
 
 
-def _parquet_rows(path: Path, columns: list[str] | None) -> Iterator[tuple[int, Any]]:
+def _parquet_file(f: IO[bytes]) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise FormatError(PARQUET_NEEDS_PYARROW.format(verb="reading")) from e
+    return pq.ParquetFile(f)
+
+
+def _parquet_rows(f: IO[bytes], columns: list[str] | None) -> Iterator[tuple[int, Any]]:
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=columns or None):
+    for batch in _parquet_file(f).iter_batches(columns=columns or None):
         table = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(batch.num_columns)])
         for row in table:
             yield index, row

@@ -173,28 +173,36 @@ class Scorer:
                     future.cancel()
 
     def _score_chunk(self, chunk: formats.Chunk, parts: Path) -> list[dict[str, Any]]:
-        predictions: dict[int, dict[str, Any]] = {}
-        if chunk.x is not None and len(chunk.x):
-            predictions = self._predict_rows(chunk.indices, chunk.x)
-        records = []
-        for index in range(chunk.start, chunk.start + chunk.count):
-            if index in chunk.errors:
-                records.append({"row": index, "error": f"row {index}: {chunk.errors[index]}"})
-            else:
-                records.append({"row": index} | predictions[index] | {"error": predictions[index].get("error")})
+        records = chunk_records(chunk, self.backend())
         _write_part(parts, chunk.start, records)
         return records
 
-    def _predict_rows(self, indices: list[int], x: np.ndarray) -> dict[int, dict[str, Any]]:
-        """Row index -> prediction. A refused request is split in halves until the refused rows are
-        found: each gets the server's reason in its own place, and the others their predictions."""
-        try:
-            return dict(zip(indices, self.backend().predict(x), strict=True))
-        except ClientFault as e:
-            if len(indices) == 1:
-                return {indices[0]: {"error": f"row {indices[0]}: {e}"}}
-            half = len(indices) // 2
-            return self._predict_rows(indices[:half], x[:half]) | self._predict_rows(indices[half:], x[half:])
+
+def chunk_records(chunk: formats.Chunk, backend: Backend) -> list[dict[str, Any]]:
+    """One record per row of the chunk, in row order: its prediction, or why the row was refused.
+    Every engine scores a chunk through here, so that the same input gives the same records."""
+    predictions: dict[int, dict[str, Any]] = {}
+    if chunk.x is not None and len(chunk.x):
+        predictions = _predict_rows(backend, chunk.indices, chunk.x)
+    records = []
+    for index in range(chunk.start, chunk.start + chunk.count):
+        if index in chunk.errors:
+            records.append({"row": index, "error": f"row {index}: {chunk.errors[index]}"})
+        else:
+            records.append({"row": index} | predictions[index] | {"error": predictions[index].get("error")})
+    return records
+
+
+def _predict_rows(backend: Backend, indices: list[int], x: np.ndarray) -> dict[int, dict[str, Any]]:
+    """Row index -> prediction. A refused request is split in halves until the refused rows are found:
+    each gets the server's reason in its own place, and the others their predictions."""
+    try:
+        return dict(zip(indices, backend.predict(x), strict=True))
+    except ClientFault as e:
+        if len(indices) == 1:
+            return {indices[0]: {"error": f"row {indices[0]}: {e}"}}
+        half = len(indices) // 2
+        return _predict_rows(backend, indices[:half], x[:half]) | _predict_rows(backend, indices[half:], x[half:])
 
 
 def _fingerprint(source: Path, model: str, chunk_rows: int, output: Path) -> dict[str, Any]:

@@ -38,7 +38,11 @@ def free_port() -> int:
 
 
 def launch(
-    log: Path, env: dict[str, str] | None = None, target: str = "service.app:TinyServe", cwd: Path = REPO
+    log: Path,
+    env: dict[str, str] | None = None,
+    target: str = "service.app:TinyServe",
+    cwd: Path = REPO,
+    wrapper: tuple[str, ...] = (),  # a command that runs the server, e.g. a sandbox
 ) -> Server:
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
@@ -47,7 +51,7 @@ def launch(
     full_env.update({"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home), **(env or {})})
     handle = log.open("wb")
     process = subprocess.Popen(
-        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        [*wrapper, BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd,
         env=full_env,
         stdout=handle,

@@ -1,0 +1,212 @@
+"""deploy/kubernetes/: rendered by kubectl's Kustomize, validated against the Kubernetes schemas, and held to
+the service's own settings, routes, port and shutdown, so that the manifests and the service cannot drift."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from bentoml._internal.configuration.containers import BentoMLContainer
+
+from service.app import TinyServe
+from service.settings import Settings
+from tests.helpers import REPO
+from tests.server import Server, running
+
+KUBE = REPO / "deploy" / "kubernetes"
+TARGETS = ["base", "overlays/gpu", "kserve"]
+KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
+TOKEN_SECRET = {"name": "tinyserve-api-token", "key": "token"}
+
+
+@cache
+def render(target: str) -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (v1.27+, for its built-in Kustomize v5) is needed to render deploy/kubernetes/")
+    result = subprocess.run([kubectl, "kustomize", str(KUBE / target)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return tuple(yaml.safe_load_all(result.stdout))
+
+
+def one(target: str, kind: str) -> dict[str, Any]:
+    (found,) = [doc for doc in render(target) if doc["kind"] == kind]
+    return found
+
+
+def pod_spec(target: str) -> dict[str, Any]:
+    """The pod as the target runs it: a Deployment's template, or the InferenceService's predictor."""
+    if target == "kserve":
+        return dict(one(target, "InferenceService")["spec"]["predictor"])
+    spec: dict[str, Any] = one(target, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(target: str) -> dict[str, Any]:
+    (serving,) = pod_spec(target)["containers"]
+    return dict(serving)
+
+
+def settings_env(target: str) -> dict[str, str]:
+    """The TINYSERVE_* variables the serving container gets: its ConfigMap's, then its own values."""
+    data: dict[str, str] = one(target, "ConfigMap")["data"]
+    env = {e["name"]: e["value"] for e in container(target)["env"] if "value" in e}
+    return {k: v for k, v in (data | env).items() if k.startswith("TINYSERVE_")}
+
+
+def test_every_file_of_deploy_kubernetes_is_part_of_a_kustomization() -> None:
+    listed = set()
+    for kustomization in KUBE.rglob("kustomization.yaml"):
+        spec = yaml.safe_load(kustomization.read_text())
+        names = [*spec.get("resources", []), *spec.get("configurations", [])]
+        names += [patch["path"] for patch in spec.get("patches", [])]
+        names += [env for generator in spec.get("configMapGenerator", []) for env in generator.get("envs", [])]
+        listed |= {(kustomization.parent / name).resolve() for name in names}
+    files = {path.resolve() for path in KUBE.rglob("*") if path.is_file() and path.name != "kustomization.yaml"}
+    assert files - listed == set()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
+    kinds = []
+    for doc in render(target):
+        kinds.append(doc["kind"])
+        if doc["apiVersion"].startswith("serving.kserve.io/"):
+            continue  # a custom resource: its pod part is checked below
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)  # raises, naming the field, when invalid
+    expected = (
+        ["ConfigMap", "InferenceService"]
+        if target == "kserve"
+        else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    )
+    assert sorted(kinds) == sorted(expected)
+
+
+def test_the_inference_service_is_a_v2_predictor_of_the_same_image() -> None:
+    service = one("kserve", "InferenceService")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    predictor = service["spec"]["predictor"]
+    # Its pod part is a Kubernetes pod spec: validate it as one, every field strictly.
+    kserve_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor"},
+        "spec": {k: v for k, v in predictor.items() if k not in kserve_fields},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+    assert predictor["minReplicas"] <= predictor["maxReplicas"] and predictor["scaleMetric"] == "cpu"
+    serving = container("kserve")
+    assert serving["name"] == "kserve-container"  # KServe routes to the container of this name
+    assert {"name": "PROTOCOL", "value": "v2"} in serving["env"]  # how KServe knows a custom predictor's protocol
+    assert serving["image"] == container("base")["image"] == "tinyserve:latest"
+    assert serving["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert serving["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_settings_are_the_services_own(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = settings_env(target)
+    fields = {f"TINYSERVE_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # the service's own parsing: raises on a value it would refuse at start
+    assert settings.workers * settings.threads <= _cpus(container(target)["resources"]["limits"]["cpu"])
+    token = [e for e in container(target)["env"] if e["name"] == "TINYSERVE_API_TOKEN"]
+    assert token == [{"name": "TINYSERVE_API_TOKEN", "valueFrom": {"secretKeyRef": TOKEN_SECRET}}]
+    assert "TINYSERVE_API_TOKEN" not in one(target, "ConfigMap")["data"]
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_shutdown_fits_the_grace_period(target: str) -> None:
+    """preStop (endpoints catch up), then the service's drain, then its longest request, within the grace."""
+    serving, spec = container(target), pod_spec(target)
+    pre_stop = serving["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = Settings.model_validate({"drain_seconds": settings_env(target).get("TINYSERVE_DRAIN_SECONDS", "2")})
+    request_timeout = TinyServe.config["traffic"]["timeout"]
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + math.ceil(drain.drain_seconds) + request_timeout
+    readiness = serving["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= drain.drain_seconds  # seen while draining
+
+
+def test_rollouts_and_disruptions_keep_a_pod_serving() -> None:
+    deployment, pdb, hpa = (
+        one("base", kind) for kind in ("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+    )
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["maxUnavailable"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for selector in (deployment["spec"]["selector"]["matchLabels"], pdb["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= labels.items()
+    assert one("base", "Service")["spec"]["selector"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_pod_runs_unprivileged_on_a_read_only_root(target: str) -> None:
+    spec, serving = pod_spec(target), container(target)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert serving["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    home = next(e["value"] for e in serving["env"] if e["name"] == "BENTOML_HOME")
+    writable = {mount["mountPath"] for mount in serving["volumeMounts"]}
+    assert writable == {"/tmp"} and Path(home).is_relative_to("/tmp")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert all("emptyDir" in volumes[m["name"]] for m in serving["volumeMounts"])
+
+
+def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> None:
+    serving = container("overlays/gpu")
+    assert serving["image"] == "tinyserve-cuda:latest"
+    assert serving["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert settings_env("overlays/gpu")["TINYSERVE_PROVIDERS"] == "cuda"
+    assert settings_env("base")["TINYSERVE_PROVIDERS"] == "cpu"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
+    serving = container(target)
+    (port,) = serving["ports"]
+    assert port["containerPort"] == BentoMLContainer.http.port.get() == 3000  # where the image's server listens
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        check = serving[probe]["httpGet"]
+        assert check["port"] in (port["containerPort"], port.get("name"))
+        assert httpx.get(server.url + check["path"], timeout=30).status_code == 200, check["path"]
+
+
+@pytest.mark.slow
+def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(tmp_path: Path) -> None:
+    """The Deployment's variables, its read-only root and its one writable volume, on a real server
+    (bubblewrap: every mount read-only, a fresh tmpfs where the emptyDir is mounted)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.fail("bubblewrap (bwrap) is needed to run the service on a read-only root: make system-deps")
+    serving = container("base")
+    env = dict(one("base", "ConfigMap")["data"]) | {e["name"]: e["value"] for e in serving["env"] if "value" in e}
+    env["TINYSERVE_API_TOKEN"] = "k8s-test-token"
+    mounts = [arg for m in serving["volumeMounts"] for arg in ("--tmpfs", m["mountPath"])]
+    sandbox = (bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *mounts, "--die-with-parent")
+    with running(tmp_path / "server.log", env, wrapper=sandbox) as server:
+        headers = {"Authorization": "Bearer k8s-test-token"}
+        answer = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}, headers=headers, timeout=30)
+        assert answer.status_code == 200 and answer.json()["y"] == [pytest.approx(12.08, abs=0.01)]
+        assert httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}, timeout=30).status_code == 401
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # Prometheus' files under BENTOML_HOME
+        assert 'tinyserve_rows_inferred_total{model="linear",version="1"} 1.0' in metrics
+        assert "Read-only file system" not in server.output()
