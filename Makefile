@@ -79,7 +79,7 @@ format: $(VENV)/.all  ## apply ruff's fixes and formatting
 train: $(VENV)/.all  ## retrain and re-export all four models into models/
 	$(BIN)/python -m training
 
-bench: $(VENV)/.all  ## measure serving against raw ONNX Runtime and a FastAPI peer (~2 min; not in make test)
+bench: $(VENV)/.all  ## measure serving and its scaling over worker/thread shapes against raw ONNX Runtime and a FastAPI peer (minutes; not in make test)
 	$(BIN)/python -m benchmarks $(ARGS)
 
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)

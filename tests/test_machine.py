@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -136,6 +137,9 @@ def test_settings_override_the_shape_and_start_logs_it_once(tmp_path: Path) -> N
     with running(tmp_path / "server.log", env) as server:
         runtime = httpx.get(f"{server.url}/v1/models").json()["runtime"]
         assert (runtime["workers"], runtime["intra_op_threads"], runtime["spinning"]) == (2, 1, True)
+        deadline = time.monotonic() + 60  # /readyz answers once one worker is ready; wait for the other
+        while server.output().count("loaded lenet/1 ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         lines = server.output().splitlines()
         (started,) = [line for line in lines if "runtime: " in line]
         assert started.endswith("-> 2 workers x 1 intra-op threads, spinning on; CPUExecutionProvider")
