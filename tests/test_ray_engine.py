@@ -154,7 +154,7 @@ def _rows_inferred(url: str) -> float:
 @pytest.mark.slow
 def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_address: str, tmp_path: Path) -> None:
     source = tmp_path / "xs.npy"
-    np.save(source, np.linspace(-50, 50, 40_000, dtype=np.float32).reshape(-1, 1))
+    np.save(source, np.linspace(-50, 50, 16_000, dtype=np.float32).reshape(-1, 1))
     expected = threads("linear", source, tmp_path / "threads.jsonl", chunk_size=10)
     output = tmp_path / "ray.jsonl"
     errors: list[BaseException] = []
