@@ -59,6 +59,12 @@ def test_built_bento_serves_a_correct_prediction(bento: Path, bento_home: Path, 
         expected = run_onnx("lenet", np.zeros((1, 1, 32, 32)))
         assert r.json()["labels"] == [int(expected.argmax())]
         assert f"src{os.sep}models" in server.output()  # it loaded the bento's copy of the models
+        page = httpx.get(f"{server.url}/ui/")  # the playground and the training pictures travel in the bento
+        assert page.status_code == 200 and "tinyserve playground" in page.text
+        lenet = httpx.get(f"{server.url}/v1/models/lenet").json()
+        assert lenet["pictures"] == ["lenet_confusion.png", "lenet_misclassified.png"]
+        picture = httpx.get(f"{server.url}/v1/models/lenet/pictures/lenet_confusion.png")
+        assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
 
 
 def test_cuda_variant_has_the_cpu_base_and_onnxruntime_gpu_with_its_cuda_wheels(tmp_path: Path) -> None:
