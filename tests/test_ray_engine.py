@@ -57,8 +57,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def threads(model: str, source: Path, output: Path, **options: object) -> bytes:
-    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", quiet=True, **options)  # type: ignore[arg-type]
+def threads(model: str, source: Path, output: Path, chunk_size: int) -> bytes:
+    """The threads engine's output, in process, as the reference."""
+    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", chunk_size=chunk_size, quiet=True)
     try:
         scorer.score_file(source, output)
     finally:
@@ -66,8 +67,9 @@ def threads(model: str, source: Path, output: Path, **options: object) -> bytes:
     return output.read_bytes()
 
 
-def on_ray(model: str, source: str | Path, output: Path, actors: int = 1, **options: object) -> bytes:
-    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", quiet=True, **options)  # type: ignore[arg-type]
+def on_ray(model: str, source: str | Path, output: Path, chunk_size: int, actors: int = 1) -> bytes:
+    """The Ray engine's output, on the module's Ray."""
+    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", chunk_size=chunk_size, quiet=True)
     try:
         RayEngine(scorer, actors=actors).score(str(source), output)
     finally:
