@@ -27,7 +27,7 @@ import pytest
 from client import Scorer
 from client.ray_engine import RayEngine, connect
 from tests.helpers import REPO, held_out_digits, upscale_32
-from tests.server import Server, running
+from tests.server import Server, free_port, running
 
 ACTOR = "ray::MapWorker(Map(ChunkScorer))"  # the process title Ray gives each actor of the pool
 BAD_ROWS = {
@@ -145,6 +145,21 @@ def test_ray_url_spreads_the_chunks_over_every_server(
         served = [_rows_inferred(s.url) - b for s, b in zip((server, second), before, strict=True)]
     assert (tmp_path / "ray.jsonl").read_bytes() == expected
     assert sum(served) == 360 - len(BAD_ROWS) and min(served) > 0, served
+
+
+@pytest.mark.slow
+def test_ray_url_leaves_out_a_server_that_does_not_answer(
+    ray_address: str, server: Server, digits: Path, tmp_path: Path
+) -> None:
+    expected = threads("lenet", digits, tmp_path / "local.jsonl", chunk_size=60)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    scorer = Scorer(model="lenet", url=server.url, chunk_size=60, concurrency=2, retries=0, quiet=True)
+    try:
+        summary = RayEngine(scorer, urls=[server.url, nobody]).score(str(digits), tmp_path / "ray.jsonl")
+    finally:
+        scorer.close()
+    assert (tmp_path / "ray.jsonl").read_bytes() == expected
+    assert (summary.rows_ok, summary.rows_failed) == (358, 2)
 
 
 def _rows_inferred(url: str) -> float:
