@@ -112,7 +112,7 @@ def test_ray_reads_csv_jsonl_and_parquet_with_bad_rows_as_the_threads_engine_doe
 
 
 @pytest.mark.slow
-def test_ray_numbers_rows_across_the_files_of_a_directory_or_a_glob(
+def test_ray_numbers_rows_across_the_files_of_a_directory_a_glob_or_a_uri(
     ray_address: str, digits: Path, tmp_path: Path
 ) -> None:
     images = np.load(digits)
@@ -128,6 +128,7 @@ def test_ray_numbers_rows_across_the_files_of_a_directory_or_a_glob(
     expected = threads("lenet", digits, tmp_path / "whole.npy", chunk_size=50)
     assert on_ray("lenet", parts, tmp_path / "from-dir.npy", chunk_size=50) == expected
     assert on_ray("lenet", parts / "part-*.npy", tmp_path / "from-glob.npy", chunk_size=50) == expected
+    assert on_ray("lenet", parts.as_uri(), tmp_path / "from-uri.npy", chunk_size=50) == expected  # Ray's file systems
 
 
 @pytest.mark.slow
