@@ -11,7 +11,6 @@ Needs about 4.3 GB of temporary disk per million rows (the input), removed at th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import modelrepo
 from tests.helpers import REPO, held_out_digits, upscale_32
 
 RUNS = {
@@ -37,14 +37,6 @@ def make_input(path: Path, rows: int) -> None:
         n = min(100_000, rows - start)
         data[start : start + n] = np.resize(digits, (n, 32, 32))
     data.flush()
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main() -> None:
@@ -68,7 +60,7 @@ def main() -> None:
             if result.returncode != 0 or summary is None:
                 sys.exit(f"{name} failed ({result.returncode}):\n{result.stderr}")
             print(f"| {name} | {wall:.1f} s | {summary.group(2)} s | {summary.group(1)} |")
-            digests.add(sha256(output))
+            digests.add(modelrepo.sha256_file(output))
             output.unlink()
         print("outputs byte-identical:", len(digests) == 1)
 

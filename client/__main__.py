@@ -179,6 +179,9 @@ def _score_on_ray(
         click.echo(f"error: server unavailable: {e}\nno output was written: rerun once the server is back", err=True)
     except RayRunError as e:
         click.echo(f"error: {e}", err=True)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: no output was written", err=True)
+        sys.exit(130)
     sys.exit(2)
 
 

@@ -27,7 +27,7 @@ import pytest
 from client import Scorer
 from client.ray_engine import RayEngine, connect
 from tests.helpers import REPO, held_out_digits, upscale_32
-from tests.server import Server, running
+from tests.server import Server, free_port, running
 
 ACTOR = "ray::MapWorker(Map(ChunkScorer))"  # the process title Ray gives each actor of the pool
 BAD_ROWS = {
@@ -57,8 +57,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def threads(model: str, source: Path, output: Path, **options: object) -> bytes:
-    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", quiet=True, **options)  # type: ignore[arg-type]
+def threads(model: str, source: Path, output: Path, chunk_size: int) -> bytes:
+    """The threads engine's output, in process, as the reference."""
+    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", chunk_size=chunk_size, quiet=True)
     try:
         scorer.score_file(source, output)
     finally:
@@ -66,8 +67,9 @@ def threads(model: str, source: Path, output: Path, **options: object) -> bytes:
     return output.read_bytes()
 
 
-def on_ray(model: str, source: str | Path, output: Path, actors: int = 1, **options: object) -> bytes:
-    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", quiet=True, **options)  # type: ignore[arg-type]
+def on_ray(model: str, source: str | Path, output: Path, chunk_size: int, actors: int = 1) -> bytes:
+    """The Ray engine's output, on the module's Ray."""
+    scorer = Scorer(model=model, local=True, models_dir=REPO / "models", chunk_size=chunk_size, quiet=True)
     try:
         RayEngine(scorer, actors=actors).score(str(source), output)
     finally:
@@ -110,7 +112,7 @@ def test_ray_reads_csv_jsonl_and_parquet_with_bad_rows_as_the_threads_engine_doe
 
 
 @pytest.mark.slow
-def test_ray_numbers_rows_across_the_files_of_a_directory_or_a_glob(
+def test_ray_numbers_rows_across_the_files_of_a_directory_a_glob_or_a_uri(
     ray_address: str, digits: Path, tmp_path: Path
 ) -> None:
     images = np.load(digits)
@@ -126,6 +128,7 @@ def test_ray_numbers_rows_across_the_files_of_a_directory_or_a_glob(
     expected = threads("lenet", digits, tmp_path / "whole.npy", chunk_size=50)
     assert on_ray("lenet", parts, tmp_path / "from-dir.npy", chunk_size=50) == expected
     assert on_ray("lenet", parts / "part-*.npy", tmp_path / "from-glob.npy", chunk_size=50) == expected
+    assert on_ray("lenet", parts.as_uri(), tmp_path / "from-uri.npy", chunk_size=50) == expected  # Ray's file systems
 
 
 @pytest.mark.slow
@@ -143,6 +146,21 @@ def test_ray_url_spreads_the_chunks_over_every_server(
         served = [_rows_inferred(s.url) - b for s, b in zip((server, second), before, strict=True)]
     assert (tmp_path / "ray.jsonl").read_bytes() == expected
     assert sum(served) == 360 - len(BAD_ROWS) and min(served) > 0, served
+
+
+@pytest.mark.slow
+def test_ray_url_leaves_out_a_server_that_does_not_answer(
+    ray_address: str, server: Server, digits: Path, tmp_path: Path
+) -> None:
+    expected = threads("lenet", digits, tmp_path / "local.jsonl", chunk_size=60)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    scorer = Scorer(model="lenet", url=server.url, chunk_size=60, concurrency=2, retries=0, quiet=True)
+    try:
+        summary = RayEngine(scorer, urls=[server.url, nobody]).score(str(digits), tmp_path / "ray.jsonl")
+    finally:
+        scorer.close()
+    assert (tmp_path / "ray.jsonl").read_bytes() == expected
+    assert (summary.rows_ok, summary.rows_failed) == (358, 2)
 
 
 def _rows_inferred(url: str) -> float:
