@@ -54,9 +54,8 @@ def build(variant: str) -> Built:
 
     The image stays, tagged localhost/tinyserve-test:VARIANT: its layers are the next run's build cache (the
     venv layer is reused while the lock is the same), as they are for a developer's `make image`. The image
-    the tag named before goes, with the layers only it used."""
+    the tag named before is left to `podman image prune`: another checkout's tests may be running it."""
     tag = f"localhost/tinyserve-test:{variant}"
-    previous = _image_id(tag)
     with tempfile.TemporaryDirectory(prefix="bentoml-home-") as home:
         env = os.environ | {
             "BENTOML_HOME": home,
@@ -75,15 +74,7 @@ def build(variant: str) -> Built:
         )
     if done.returncode != 0:
         raise RuntimeError(f"deploy/image/build.sh {variant} failed ({done.returncode}):\n{done.stdout[-6000:]}")
-    built = Built(tag, inspect(tag, "{{.Id}}"), done.stdout)
-    if previous not in (None, built.image):
-        subprocess.run([engine(), "rmi", previous], capture_output=True, check=False)  # in use elsewhere: kept
-    return built
-
-
-def _image_id(tag: str) -> str | None:
-    found = subprocess.run([engine(), "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
-    return found.stdout.strip() if found.returncode == 0 else None
+    return Built(tag, inspect(tag, "{{.Id}}"), done.stdout)
 
 
 def inspect(image: str, template: str) -> str:
