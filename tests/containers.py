@@ -53,7 +53,8 @@ def build(variant: str) -> Built:
     """Run deploy/image/build.sh as `make image` does, into a throwaway BENTOML_HOME.
 
     The image stays, tagged localhost/tinyserve-test:VARIANT: its layers are the next run's build cache (the
-    venv layer is reused while the lock is the same), as they are for a developer's `make image`."""
+    venv layer is reused while the lock is the same), as they are for a developer's `make image`. The image
+    the tag named before is left to `podman image prune`: another checkout's tests may be running it."""
     tag = f"localhost/tinyserve-test:{variant}"
     with tempfile.TemporaryDirectory(prefix="bentoml-home-") as home:
         env = os.environ | {

@@ -35,8 +35,8 @@ if [[ -z $engine ]]; then
   fi
 fi
 if [[ $engine != docker ]]; then
-  # Podman and Buildah run the RUN steps chrooted by default here: that works inside containers and CI
-  # machines too, where the OCI runtimes may lack the privileges they need.
+  # RUN steps chrooted unless the caller chose otherwise: that needs no OCI runtime, so it also works inside
+  # containers and on CI machines where runc or crun cannot start one.
   export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 fi
 
