@@ -15,6 +15,7 @@ import numpy as np
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 
 import modelrepo
+from client import formats
 
 RETRY_STATUS = {429, 502, 503, 504}
 
@@ -44,6 +45,13 @@ class ModelKind:
     @classmethod
     def from_card(cls, card: modelrepo.ModelCard) -> ModelKind:
         return cls(card.name, card.task, card.inputs[0].shape[1:], card.outputs[0].name, card.input_range)
+
+    @property
+    def rows(self) -> formats.RowShape:
+        """What one input row must be: the model's row shape and its rule on values, as the server checks it."""
+        return formats.RowShape(
+            self.row_shape, pixels=self.task == "multiclass-classification", value_range=self.value_range
+        )
 
     @property
     def fields(self) -> list[str]:

@@ -63,7 +63,7 @@ class RayEngine:
         """Score `source` (a file, directory, glob or URI) into the local file `output`."""
         scorer = self.scorer
         kind = scorer.backend().kind  # the model's card, from the repository or the first server
-        shape = formats.RowShape(kind.row_shape, pixels=kind.task == "multiclass-classification")
+        shape = kind.rows
         formats._suffix(output, formats.OUTPUTS, "output")  # refuse a bad extension before any work
         paths = input_paths(source)
         with _native_stderr_aside() as ray_log:

@@ -117,9 +117,7 @@ class Scorer:
     def score_file(self, source: Path, output: Path, *, resume: bool = False) -> Summary:
         kind = self.backend().kind
         chunk_rows = self._chunk_rows(kind)
-        shape = formats.RowShape(
-            kind.row_shape, pixels=kind.task == "multiclass-classification", value_range=kind.value_range
-        )
+        shape = kind.rows
         formats.check_formats(source, output)  # a bad extension or a missing pyarrow: before any work
         parts = output.with_name(output.name + ".parts")
         done = _prepare_parts(parts, _fingerprint(source, self.model, chunk_rows, output), resume)
