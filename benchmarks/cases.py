@@ -153,3 +153,37 @@ def score_file(images: Any, args: list[str]) -> dict[str, float]:
     own = re.search(r"([\d,]+) rows/s, elapsed", done.stderr)
     assert own is not None, done.stderr
     return {"rows": rows, "wall_s": wall, "rows_per_s_wall": rows / wall, "rows_per_s": float(own[1].replace(",", ""))}
+
+
+def overload(url: str, concurrency: int = 64, seconds: float = 4.0, images: int = 16) -> dict[str, Any]:
+    """`concurrency` clients sending `images`-image LeNet requests for `seconds` to a server whose
+    TINYSERVE_MAX_CONCURRENCY is far below: how fast the served requests and the 429s come back."""
+    import asyncio
+
+    import aiohttp
+
+    body = json.dumps({"images": [[[0.5] * 32 for _ in range(32)]] * images}).encode()
+    latencies: dict[int, list[float]] = {}
+
+    async def flood() -> None:
+        deadline = time.perf_counter() + seconds
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def client() -> None:
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    headers = {"content-type": "application/json"}
+                    async with session.post(f"{url}/v1/lenet/predict", data=body, headers=headers) as response:
+                        await response.read()
+                    latencies.setdefault(response.status, []).append(time.perf_counter() - started)
+
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+
+    asyncio.run(flood())
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        cuts = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
+        return {"count": len(values), "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000}
+
+    return {str(status): quantiles(values) for status, values in sorted(latencies.items())}
