@@ -161,6 +161,9 @@ class _FlakyProxy(BaseHTTPRequestHandler):
     failures = 0
     status = 503
     poison: bytes | None = None  # a request whose body holds these bytes is refused with 400
+    hold_after: int | None = None  # inference requests past this many wait until `released` is set
+    released = threading.Event()
+    forwarded = 0
     seen: list[int] = []  # noqa: RUF012  (class-level state of a test double)
 
     def do_GET(self) -> None:
@@ -181,6 +184,10 @@ class _FlakyProxy(BaseHTTPRequestHandler):
             self.wfile.write(body)
             _FlakyProxy.seen.append(status)
             return
+        if "/infer" in self.path and _FlakyProxy.hold_after is not None:
+            _FlakyProxy.forwarded += 1
+            if _FlakyProxy.forwarded > _FlakyProxy.hold_after:
+                _FlakyProxy.released.wait(timeout=120)
         self._forward(content)
 
     def _forward(self, body: bytes | None = None) -> None:
@@ -203,6 +210,8 @@ class _FlakyProxy(BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky(server: Server) -> Iterator[str]:
     _FlakyProxy.upstream, _FlakyProxy.seen, _FlakyProxy.poison = server.url, [], None
+    _FlakyProxy.hold_after, _FlakyProxy.forwarded = None, 0
+    _FlakyProxy.released.clear()
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
@@ -327,26 +336,32 @@ def test_killed_server_then_resume_gives_the_uninterrupted_output(tmp_path: Path
     assert not parts.exists()
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_output(tmp_path: Path) -> None:
-    source = _big_digits(tmp_path, 20_000)
+def test_ctrl_c_then_resume_gives_the_uninterrupted_output(flaky: str, tmp_path: Path) -> None:
+    """Ctrl-C while chunks are in flight: the proxy holds every request after the third until the signal
+    has been sent, so the run cannot finish first, however fast the machine."""
+    source = _big_digits(tmp_path, 2_000)
     reference = tmp_path / "reference.csv"
     score("lenet", str(source), str(reference), "--local", "--chunk-size", "100")
     out = tmp_path / "out.csv"
+    _FlakyProxy.hold_after = 3
     client = subprocess.Popen(
-        [*SCORE, "lenet", str(source), str(out), "--local", "--chunk-size", "100", "--quiet"],
+        [*SCORE, "lenet", str(source), str(out), "--url", flaky, "--chunk-size", "100", "--concurrency", "2", "-q"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     parts = tmp_path / "out.csv.parts"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while len(list(parts.glob("*.jsonl"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert client.poll() is None  # held: still running
     client.send_signal(signal.SIGINT)
-    _, stderr = client.communicate(timeout=60)
+    _FlakyProxy.released.set()
+    _, stderr = client.communicate(timeout=120)
     assert client.returncode == 130, stderr
     assert "interrupted" in stderr
+    assert not out.exists()
     refused = score("lenet", str(source), str(out), "--local", "--chunk-size", "100", check=2)
     assert "holds an unfinished run: continue it with --resume" in refused.stderr
     changed = score("lenet", str(source), str(out), "--local", "--chunk-size", "50", "--resume", check=2)
