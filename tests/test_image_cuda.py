@@ -65,3 +65,15 @@ def test_cuda_image_is_built_on_the_base_of_the_cpu_image(image: str) -> None:
     base_layers = containers.inspect(f"docker.io/library/{base[1]}", "{{json .RootFS.Layers}}")
     image_layers = containers.inspect(image, "{{json .RootFS.Layers}}")
     assert image_layers.startswith(base_layers.rstrip("]"))  # the base's layers, then the image's own
+
+
+def test_cuda_image_without_a_gpu_refuses_to_start_in_one_line(image: str) -> None:
+    """Here there is no driver: the start-up probe names it, and no worker ever starts (no restart loop)."""
+    done = containers.run(image)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert lines == [
+        "tinyserve: refusing to start: TINYSERVE_PROVIDERS=cuda, but CUDA cannot run here: libcuda.so.1, the "
+        "NVIDIA driver's library, cannot be loaded: this machine has no NVIDIA driver (a container needs the "
+        "NVIDIA container runtime, e.g. `--gpus all`)"
+    ], lines
