@@ -201,7 +201,21 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
     env = dict(one("base", "ConfigMap")["data"]) | {e["name"]: e["value"] for e in serving["env"] if "value" in e}
     env["TINYSERVE_API_TOKEN"] = "k8s-test-token"
     mounts = [arg for m in serving["volumeMounts"] for arg in ("--tmpfs", m["mountPath"])]
-    sandbox = (bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *mounts, "--die-with-parent")
+    # the checkout bound again on top, read-only, in case it lies below a volume's mount path (a clone in /tmp)
+    checkout = ("--ro-bind", str(REPO), str(REPO))
+    sandbox = (
+        bwrap,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        *mounts,
+        *checkout,
+        "--die-with-parent",
+    )
     with running(tmp_path / "server.log", env, wrapper=sandbox) as server:
         headers = {"Authorization": "Bearer k8s-test-token"}
         answer = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}, headers=headers, timeout=30)
