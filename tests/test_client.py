@@ -350,6 +350,9 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(flaky: str, tmp_path:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a runner that starts the tests in the background ignores SIGINT,
+        # and a child would inherit that (Python then installs no KeyboardInterrupt handler)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     parts = tmp_path / "out.csv.parts"
     deadline = time.monotonic() + 120
