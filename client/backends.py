@@ -104,7 +104,7 @@ class LocalBackend:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeError("--local needs onnxruntime: pip install 'tinyserve[serve]'") from e
+            raise RuntimeError("--local needs onnxruntime: pip install onnxruntime") from e
         entries = modelrepo.latest(modelrepo.discover(models_dir))
         if model not in entries:
             raise ValueError(f"unknown model {model!r}: {models_dir} has {', '.join(entries)}")

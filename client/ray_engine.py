@@ -37,7 +37,7 @@ from client.backends import LocalBackend, ServerUnavailable
 from client.scorer import Scorer, Summary, _Progress
 
 logger = logging.getLogger("tinyserve.client")
-RAY_MISSING = "--engine ray needs Ray: pip install 'tinyserve[ray]'"
+RAY_MISSING = "--engine ray needs Ray: pip install -e '.[ray]' in the tinyserve checkout"
 
 
 class RayRunError(RuntimeError):

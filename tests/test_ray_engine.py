@@ -282,5 +282,5 @@ def test_ray_engine_without_ray_installed_says_how_to_get_it(tmp_path: Path) -> 
         env={"PYTHONPATH": f"{site}{os.pathsep}{REPO}"},
     )
     assert result.returncode == 2
-    assert result.stderr == "error: --engine ray needs Ray: pip install 'tinyserve[ray]'\n"
+    assert result.stderr == "error: --engine ray needs Ray: pip install -e '.[ray]' in the tinyserve checkout\n"
     shutil.rmtree(site)
