@@ -16,7 +16,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from service import images, playground, v1, v2
+from service import images, listeners, playground, v1, v2
 from service.batching import Batcher
 from service.errors import ApiError, install_log_filter
 from service.lifecycle import LIFECYCLE
@@ -40,6 +40,7 @@ SETTINGS = read_settings()
 # Before any worker starts: a tampered model or a provider that cannot run stops `bentoml serve` here with
 # one line, not in a restart loop; the cores decide the number of workers, which BentoML reads right here.
 ENTRIES, RUNTIME = start_up(SETTINGS)
+listeners.install(per_worker=SETTINGS.reuse_port and RUNTIME.shape.workers > 1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when available, else CPU; cuda: refuse to start without CUDA"
     )
-    workers: int = Field(0, ge=0, description="server worker processes; 0 = one per 4 available cores (at least 1)")
+    workers: int = Field(0, ge=0, description="server worker processes; 0 = one per 2 available cores (at least 1)")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = available cores / workers")
     spinning: bool = Field(
         False, description="let ONNX Runtime's idle intra-op threads spin: off, as it burns cores other work needs"
@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(2.0, ge=0, description="on SIGTERM: seconds of 503 readiness before connections close")
     quick_ack: bool = Field(
         True, description="acknowledge request bodies at once (TCP_QUICKACK): Nagle clients otherwise stall ~40 ms"
+    )
+    reuse_port: bool = Field(
+        True,
+        description="a listening socket per worker (SO_REUSEPORT, Linux): new connections spread evenly over workers",
     )
     access_log: bool = Field(False, description="log every request (costs ~10% of throughput)")
     tracing: bool = Field(False, description="OpenTelemetry spans per request (when an exporter is configured)")

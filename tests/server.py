@@ -43,8 +43,9 @@ def launch(
     target: str = "service.app:TinyServe",
     cwd: Path = REPO,
     wrapper: tuple[str, ...] = (),  # a command that runs the server, e.g. a sandbox
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     # Each server its own BENTOML_HOME: servers that share one share (and wipe) its Prometheus directory.
     home = log.parent / f"bentoml-home-{port}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvloop
 
-from service.tcp import QuickAck, connection_socket
+from service.tcp import QuickAck, request_cycle
 
 Message = MutableMapping[str, Any]
 
@@ -17,8 +17,9 @@ Message = MutableMapping[str, Any]
 class Cycle:
     """Shaped like uvicorn's request cycle: `receive` is a method of an object holding the transport."""
 
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, transport: asyncio.BaseTransport, *, more_body: bool = True) -> None:
         self.transport = transport
+        self.more_body = more_body  # uvicorn: False once the whole body has arrived
 
     async def receive(self) -> Message:
         return {"type": "http.disconnect"}
@@ -51,8 +52,9 @@ async def _with_server_transport(check: Callable[[asyncio.BaseTransport], Awaita
 
 def test_the_socket_is_found_through_wrapping_middlewares() -> None:
     async def check(transport: asyncio.BaseTransport) -> None:
-        sock = connection_socket(_wrapped(_wrapped(Cycle(transport).receive)))
-        assert sock is not None and sock.fileno() >= 0
+        cycle = Cycle(transport)
+        assert request_cycle(_wrapped(_wrapped(cycle.receive))) is cycle
+        sock = transport.get_extra_info("socket")
         assert await QuickAck()(Cycle(transport).receive)() == {"type": "http.disconnect"}
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
 
@@ -73,5 +75,15 @@ def test_off_leaves_receive_alone() -> None:
     async def check(transport: asyncio.BaseTransport) -> None:
         receive = Cycle(transport).receive
         assert QuickAck(enabled=False)(receive) is receive
+
+    uvloop.run(_with_server_transport(check))
+
+
+def test_a_body_already_whole_is_left_alone() -> None:
+    """Small requests arrive whole: no system call for them (it cost 6% of single-image requests/s)."""
+
+    async def check(transport: asyncio.BaseTransport) -> None:
+        receive = Cycle(transport, more_body=False).receive
+        assert QuickAck()(receive) is receive
 
     uvloop.run(_with_server_transport(check))
