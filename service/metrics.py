@@ -26,6 +26,7 @@ INFERENCE_SECONDS = bentoml.metrics.Histogram(
 PROVIDER = bentoml.metrics.Gauge(
     name="tinyserve_model_provider",
     documentation="1 for the execution provider each model runs on",
+    multiprocess_mode="max",  # every worker sets it: one value, not their sum
     labelnames=[*_LABELS, "provider"],
 )
 REFUSED = bentoml.metrics.Counter(
