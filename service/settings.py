@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when available, else CPU; cuda: refuse to start without CUDA"
     )
-    workers: int = Field(0, ge=0, description="server worker processes; 0 = one per 2 available cores, at least 2 (1 on one core)")
+    workers: int = Field(
+        0, ge=0, description="server worker processes; 0 = one per 2 available cores, at least 2 (1 on one core)"
+    )
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = available cores / workers")
     spinning: bool = Field(
         False, description="let ONNX Runtime's idle intra-op threads spin: off, as it burns cores other work needs"
