@@ -40,7 +40,8 @@ SETTINGS = read_settings()
 # Before any worker starts: a tampered model or a provider that cannot run stops `bentoml serve` here with
 # one line, not in a restart loop; the cores decide the number of workers, which BentoML reads right here.
 ENTRIES, RUNTIME = start_up(SETTINGS)
-listeners.install(per_worker=SETTINGS.reuse_port and RUNTIME.shape.workers > 1)
+PER_WORKER_SOCKETS = SETTINGS.reuse_port and RUNTIME.shape.workers > 1
+listeners.install(per_worker=PER_WORKER_SOCKETS)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -89,6 +90,7 @@ class TinyServe:
         logger.info(playground.banner())
         tune_gc()
         LIFECYCLE.install(self.settings.drain_seconds)
+        listeners.join(per_worker=PER_WORKER_SOCKETS)  # ready: from now on this worker gets connections
 
     def __is_ready__(self) -> bool:
         return self.is_ready()

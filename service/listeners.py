@@ -14,8 +14,10 @@ new connection to one of them. Two hooks, one per process kind:
   an address in use is one line and a refused start (not circus's traceback, and not a second server
   silently sharing the port), then with SO_REUSEPORT on the socket BentoML made. That socket never
   listens: it holds the address and takes no connection.
-- Each worker, before uvicorn serves the socket it inherits (`--fd N`), puts a listening SO_REUSEPORT
-  socket on the same address in its place (dup2 onto N). A worker restarted by circus does the same.
+- Each worker, once its models are loaded and just before uvicorn serves the socket it inherits
+  (`--fd N`), puts a listening SO_REUSEPORT socket on the same address in its place (dup2 onto N). It
+  joins only when ready: a worker still loading (or restarted by circus) would otherwise get its share of
+  new connections and hold them until then.
 
 Where SO_REUSEPORT does not spread connections (not Linux), with one worker, or with
 `TINYSERVE_REUSE_PORT=false`, BentoML's shared socket is left as it is.
@@ -41,12 +43,9 @@ SPREADS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 def install(*, per_worker: bool, argv: Sequence[str] = sys.argv) -> None:
-    """Called on import of the service: in a worker, take over the inherited socket; else hook the server."""
-    fd = _option(argv, "--fd")
-    if fd is not None:
-        if per_worker and SPREADS and _inherited_holds_address(int(fd)):
-            listen_in_place(int(fd), backlog=int(_option(argv, "--backlog") or 2048))
-        return
+    """Called on import of the service: in the server process, hook the binding of BentoML's API socket."""
+    if _option(argv, "--fd") is not None:
+        return  # a worker: it joins once ready (`join`)
     from bentoml._internal.utils import circus  # the server process (or `bentoml build`, which starts none)
 
     create_arbiter: Callable[..., Any] = circus.create_standalone_arbiter
@@ -61,6 +60,13 @@ def install(*, per_worker: bool, argv: Sequence[str] = sys.argv) -> None:
 
     create_standalone_arbiter.tinyserve = True  # type: ignore[attr-defined]
     circus.create_standalone_arbiter = create_standalone_arbiter
+
+
+def join(*, per_worker: bool, argv: Sequence[str] = sys.argv) -> None:
+    """In a worker whose models are loaded: listen on a socket of its own in place of the inherited one."""
+    fd = _option(argv, "--fd")
+    if fd is not None and per_worker and SPREADS and _inherited_holds_address(int(fd)):
+        listen_in_place(int(fd), backlog=int(_option(argv, "--backlog") or 2048))
 
 
 def hold_address(sock: Any, *, per_worker: bool) -> None:
