@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.server import Server, launch, running, stop, wait_ready
+from tests.server import Server, launch, running, stop
 
 TWO_WORKERS = {"TINYSERVE_WORKERS": "2", "TINYSERVE_THREADS": "1"}
 CONNECTIONS = 32
@@ -28,6 +28,17 @@ def _workers(server: Server) -> list[psutil.Process]:
 
 def _sockets(process: psutil.Process, port: int, status: str) -> int:
     return sum(1 for c in process.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == status)
+
+
+def _wait_until_every_worker_listens(server: Server) -> list[psutil.Process]:
+    """A worker listens once its models are loaded; /readyz answers as soon as the first one does."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = _workers(server)
+        if len(workers) == 2 and all(_sockets(w, _port(server), psutil.CONN_LISTEN) == 1 for w in workers):
+            return workers
+        time.sleep(0.2)
+    raise TimeoutError(f"not every worker listens:\n{server.output()}")
 
 
 def _open_at_once(server: Server) -> dict[int, int]:
@@ -61,7 +72,7 @@ def test_connections_opened_at_once_spread_over_the_workers(tmp_path: Path) -> N
         port = _port(server)
         assert "connections: one listening socket per worker on 127.0.0.1:" in server.output()
         # each worker listens on its own socket; the server process holds the address but takes no connection
-        assert [_sockets(w, port, psutil.CONN_LISTEN) for w in _workers(server)] == [1, 1]
+        _wait_until_every_worker_listens(server)
         assert _sockets(psutil.Process(server.process.pid), port, psutil.CONN_LISTEN) == 0
         _assert_spread(_open_at_once(server))
 
@@ -71,14 +82,8 @@ def test_a_restarted_worker_takes_its_share_again(tmp_path: Path) -> None:
         killed = _workers(server)[0]
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
-        deadline = time.monotonic() + 120  # circus starts a new worker, which loads and warms the models
-        while time.monotonic() < deadline:
-            workers = _workers(server)
-            if len(workers) == 2 and all(_sockets(w, _port(server), psutil.CONN_LISTEN) == 1 for w in workers):
-                break
-            time.sleep(0.2)
-        wait_ready(server)
-        assert killed.pid not in {w.pid for w in _workers(server)}
+        workers = _wait_until_every_worker_listens(server)  # circus starts a new one, which loads the models
+        assert killed.pid not in {w.pid for w in workers}
         _assert_spread(_open_at_once(server))
 
 
