@@ -17,6 +17,7 @@ import bentoml
 from service import compat, playground, v1, v2
 from service.dataplane import Batching, DataPlane, load_model
 from service.errors import Unavailable
+from service.fastpath import FastPath
 from service.lifecycle import LIFECYCLE
 from service.middleware import GuardMiddleware
 from service.registry import Registry
@@ -59,7 +60,7 @@ def create_service(start: StartUp) -> Any:
         tracing={} if settings.tracing else {"excluded_urls": [".*"]},  # off: every URL skips the span work
     )
     @bentoml.asgi_app(playground.app, path=playground.PATH)
-    @bentoml.asgi_app(v1.create(plane, server_timing=settings.server_timing), path="/v1")
+    @bentoml.asgi_app(v1.create(plane), path="/v1")
     @bentoml.asgi_app(v2.create(plane, server_timing=settings.server_timing), path="/")
     class TinyServe:
         def __init__(self) -> None:
@@ -86,4 +87,5 @@ def create_service(start: StartUp) -> Any:
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
     )
+    TinyServe.add_asgi_middleware(FastPath, plane=plane, server_timing=settings.server_timing)  # type: ignore[attr-defined]
     return TinyServe
