@@ -24,8 +24,8 @@ import httpx
 import numpy as np
 
 from benchmarks import cases
+from benchmarks.server import REPO, free_port, launch, stop, wait_ready
 from service.machine import Shape, available_cores, choose_shape
-from tests.server import REPO, free_port, launch, stop, wait_ready
 
 RESULTS = REPO / "benchmarks" / "results"
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from tests.helpers import held_out_digits, upscale_32
-from tests.server import REPO
+from benchmarks.digits import held_out_digits, upscale_32
+from benchmarks.server import REPO
 
 MODELS = REPO / "models"
 
