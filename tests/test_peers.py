@@ -69,6 +69,6 @@ def test_framework_answers_as_onnx_runtime(name: str, tmp_path: Path) -> None:
         x = np.resize(peers.digits(100), (1024, 1, 32, 32))
         with httpx.Client(timeout=120) as client:
             got = peers.ask(client, running.url, peer.bulk, x)
-        np.testing.assert_allclose(got, peers.reference(x), **peers.TOLERANCE)
+        np.testing.assert_allclose(got, peers.reference(x), rtol=peers.RTOL, atol=peers.ATOL)
     finally:
         running.stop()

@@ -33,7 +33,7 @@ MODEL = REPO / "models" / "lenet" / "1" / "model.onnx"
 DIGITS = REPO / "examples" / "digits.npy"
 # Served logits against ONNX Runtime in process: the servers run other batch sizes (batching merges
 # requests), whose kernels may sum in another order; the label must be the same.
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+RTOL = ATOL = 1e-5
 
 Encoder = Callable[[np.ndarray], tuple[bytes, dict[str, str]]]
 Decoder = Callable[[bytes, Mapping[str, str]], np.ndarray]
@@ -230,7 +230,7 @@ PEERS = (
     ),
     Peer(
         "bentoml",
-        "BentoML (stock)",
+        "BentoML, stock",
         lambda python, port, workers: [_bin(python, "bentoml"), "serve", "service:LeNet", "--port", str(port)],
         "/readyz",
         (Form("JSON", "/predict", bentoml_json, json_field(None)),),
@@ -314,7 +314,8 @@ def start(peer: Peer, log: Path, *, python: Path | None = None, workers: int = 2
 
 def digits(n: int = 8) -> np.ndarray:
     """The first `n` digits of examples/digits.npy, (n, 1, 32, 32) float32."""
-    return np.load(DIGITS)[:n].astype(np.float32)
+    x: np.ndarray = np.load(DIGITS)[:n].astype(np.float32)
+    return x
 
 
 def reference(x: np.ndarray) -> np.ndarray:
@@ -351,4 +352,4 @@ def check(running: Running, x: np.ndarray | None = None) -> None:
             raise AssertionError(f"{what}: answers of shape {got.shape}, expected {want.shape}")
         if not np.array_equal(got.argmax(1), expected.argmax(1)):
             raise AssertionError(f"{what}: labels {got.argmax(1).tolist()}, expected {expected.argmax(1).tolist()}")
-        np.testing.assert_allclose(got, want, **TOLERANCE, err_msg=what)
+        np.testing.assert_allclose(got, np.asarray(want), rtol=RTOL, atol=ATOL, err_msg=what)
