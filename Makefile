@@ -83,7 +83,8 @@ bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread
 	$(BIN)/python -m benchmarks $(ARGS)
 	$(BIN)/python -m benchmarks.peers $(ARGS)
 
-# The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (pinned)
+# The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (every
+# package pinned: a `pip freeze` of what requirements.in, the framework and onnxruntime, installed)
 # in a virtualenv of its own, .venv-peers/NAME: their pins clash with each other and with tinyserve's.
 PEERS      := fastapi litserve mlserver kserve ray_serve bentoml
 PEER_VENVS ?= .venv-peers

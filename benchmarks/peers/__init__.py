@@ -134,6 +134,15 @@ class Peer:
     bulk: Form  # 1024 images a request, in the fastest form the framework documents
     env: Callable[[int, int, Path], dict[str, str]] = field(default=lambda port, workers, scratch: {})
 
+    def pin(self) -> str:
+        """The framework's line of its requirements.txt, e.g. "ray==2.60.0" ("" for tinyserve)."""
+        if self.name == "tinyserve":
+            return ""
+        package = {"ray_serve": "ray"}.get(self.name, self.name) + "=="
+        pins = (self.folder / "requirements.txt").read_text().splitlines()
+        (pin,) = [line for line in pins if line.startswith(package)]
+        return pin
+
     @property
     def folder(self) -> Path:
         return REPO if self.name == "tinyserve" else HERE / self.name
@@ -231,7 +240,9 @@ PEERS = (
     Peer(
         "bentoml",
         "BentoML, stock",
-        lambda python, port, workers: [_bin(python, "bentoml"), "serve", "service:LeNet", "--port", str(port)],
+        lambda python, port, workers: [
+            *(_bin(python, "bentoml"), "serve", "service:LeNet", "--host", "127.0.0.1", "--port", str(port))
+        ],
         "/readyz",
         (Form("JSON", "/predict", bentoml_json, json_field(None)),),
         Form("JSON", "/predict", bentoml_json, json_field(None)),

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import cases
-from benchmarks.peers import DIGITS, HERE, PEERS, Form, Peer, Running, check, start
+from benchmarks.peers import DIGITS, PEERS, Form, Peer, Running, check, start
 from benchmarks.server import REPO
 from service.machine import available_cores
 
@@ -113,10 +113,7 @@ def run(peers: list[Peer], rounds: int, seconds: float) -> dict[str, Any]:
 
 
 def _pin(peer: Peer) -> str:
-    if peer.name == "tinyserve":
-        return ""
-    first = (HERE / peer.name / "requirements.txt").read_text().splitlines()[0]
-    return f" ({first.split('[')[0].split('==')[0]} {first.split('==')[1]})"
+    return f" ({peer.pin()})" if peer.pin() else ""
 
 
 def _ms(value: float | None) -> str:

@@ -5,6 +5,7 @@
 Configuration, for 2 cores: `--workers 2`, two uvicorn processes (KServe's ModelServer API reference,
 kserve.github.io/website python_runtime_api: "workers: the number of uvicorn workers for multi-processing",
 default 1); each runs one ONNX Runtime intra-op thread with spinning off. gRPC off: only HTTP is measured.
+(It listens on 0.0.0.0, which KServe does not let one change; the benchmark sends only to 127.0.0.1.)
 The Python server has no request batching of its own (KServe batches in its Kubernetes agent sidecar).
 `async def predict`: KServe awaits it on the event loop, where a sync one goes to a thread pool; a LeNet
 image is ~0.1 ms, less than the hop. Bulk form: V2 with binary tensors (the binary tensor extension).
