@@ -185,6 +185,51 @@ def table(report: dict[str, Any], peers: list[Peer]) -> str:
     return "\n".join(lines)
 
 
+def targets(report: dict[str, Any], peers: list[Peer]) -> str:
+    """Issue 20's targets for tinyserve, each a ratio of medians from this run (empty without tinyserve)."""
+    runs = report["runs"]
+    frameworks = [peer for peer in peers if peer.name != "tinyserve" and runs[peer.name]]
+    tinyserve = next((peer for peer in peers if peer.name == "tinyserve" and runs[peer.name]), None)
+    if tinyserve is None or not frameworks:
+        return ""
+
+    def of(peer: Peer, *path: str) -> float:
+        return median_of(runs[peer.name], *path) or float("nan")
+
+    def one(peer: Peer, case: str, key: str, form: str = "") -> float:  # a single-image figure, first form
+        return of(peer, "single", form or peer.single[0].name, case, key)
+
+    typed, v2 = (form.name for form in tinyserve.single)
+    c32 = max(frameworks, key=lambda peer: one(peer, "c32", "rps"))
+    c1 = min(frameworks, key=lambda peer: one(peer, "c1", "p50_ms"))
+    after = min(frameworks, key=lambda peer: one(peer, "c1_after", "p50_ms"))
+    bulk = max(frameworks, key=lambda peer: of(peer, "bulk", "images_per_s"))
+    cold = min(frameworks, key=lambda peer: of(peer, "cold_start_s"))
+    light = min(frameworks, key=lambda peer: of(peer, "rss_rest_mib"))
+    raw = median_of(report.get("onnxruntime", []), "rows_per_s") or float("nan")
+    bulk_images = of(tinyserve, "bulk", "images_per_s")
+    rows = [  # (what, ratio, at least (True) or at most, bar)
+        (f"c=32 req/s, {typed} / {c32.title}", one(tinyserve, "c32", "rps", typed) / one(c32, "c32", "rps"), True, 1.5),
+        (f"c=32 req/s, {v2} / {c32.title}", one(tinyserve, "c32", "rps", v2) / one(c32, "c32", "rps"), True, 1.5),
+        (f"c=1 p50, {typed} / {c1.title}", one(tinyserve, "c1", "p50_ms", typed) / one(c1, "c1", "p50_ms"), False, 1),
+        (
+            f"c=1 p50 after a burst, {typed} / {after.title}",
+            one(tinyserve, "c1_after", "p50_ms", typed) / one(after, "c1_after", "p50_ms"),
+            False,
+            1,
+        ),
+        ("bulk V2 binary / ONNX Runtime in process", bulk_images / raw, True, 0.9),
+        (f"bulk V2 binary / {bulk.title}, {bulk.bulk.name}", bulk_images / of(bulk, "bulk", "images_per_s"), True, 1),
+        (f"cold start / {cold.title}", of(tinyserve, "cold_start_s") / of(cold, "cold_start_s"), False, 2),
+        (f"RSS at rest / {light.title}", of(tinyserve, "rss_rest_mib") / of(light, "rss_rest_mib"), False, 1.2),
+    ]
+    lines = ["| tinyserve / the best framework of this run | ratio | target | met |", "|---|---|---|---|"]
+    for what, value, higher, bar in rows:
+        met = value >= bar if higher else value <= bar
+        lines.append(f"| {what} | {value:.2f} | {'>=' if higher else '<='} {bar:g} | {'yes' if met else 'no'} |")
+    return "\n".join(lines)
+
+
 def publish(text: str) -> None:
     doc = REPO / "BENCHMARKS.md"
     marker_start, marker_end = "<!-- peers:start -->", "<!-- peers:end -->"
@@ -213,7 +258,7 @@ def main() -> None:
         peers.append(peer)
     started = time.perf_counter()
     report = run(peers, rounds, seconds)
-    text = table(report, peers)
+    text = "\n\n".join(part for part in (table(report, peers), targets(report, peers)) if part)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "peers.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "peers.md").write_text(text + "\n")
