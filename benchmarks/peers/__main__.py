@@ -8,8 +8,9 @@ its start to its ready route's first 200; its answers checked against ONNX Runti
 (a server that fails is reported, not timed); the RSS of its process tree at rest; one image a request at
 c=1 on the fresh server, at c=32 (the burst), and at c=1 again right after; 1024 images a request, 2 in
 flight, in the fastest form it documents; the RSS after that load. The load generator is benchmarks/load.py
-(aiohttp, in its own process) for every server. Prints the table, writes benchmarks/results/peers.md and
-peers.json; --publish also puts the table into BENCHMARKS.md between its peers markers.
+(aiohttp, in its own process) for every server. Prints the table and tinyserve's targets (ratios to the
+best framework of the run), writes them to benchmarks/results/peers.md (and every figure to peers.json);
+--publish also puts them into BENCHMARKS.md between its peers markers.
 """
 
 from __future__ import annotations
@@ -243,11 +244,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the servers (default: 3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of each timed case (default: 5)")
     parser.add_argument("--only", help="comma-separated server names (default: all installed)")
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s cases (about 4 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s cases (about 3 minutes on 2 cores)")
     parser.add_argument("--publish", action="store_true", help="put the table into BENCHMARKS.md")
     args = parser.parse_args()
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
     wanted = args.only.split(",") if args.only else [peer.name for peer in PEERS]
+    unknown = sorted(set(wanted) - {peer.name for peer in PEERS})
+    if unknown:
+        parser.error(f"--only: no server named {', '.join(unknown)}; the servers: {', '.join(p.name for p in PEERS)}")
     peers = []
     for peer in PEERS:
         if peer.name not in wanted:
