@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-gpu lint format train bench bench-peers peers fuzz soak clean system-deps lock image image-cuda
+.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak clean system-deps lock image image-cuda
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,8 +49,12 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --target $(ORT_GPU) onnxruntime-gpu==1.31.1
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run the whole test suite
-	$(BIN)/pytest
+test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run both tiers (in process, then real processes)
+	$(BIN)/pytest -m "not process"
+	$(BIN)/pytest -m "process and not gpu"
+
+test-fast: $(VENV)/.all  ## the in-process tier alone: every route, error, contract and V2 case on the real ASGI app (seconds)
+	$(BIN)/pytest -m "not process"
 
 # The GPU checks get a virtualenv of their own: onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries as
 # wheels (~2 GB) in place of onnxruntime (both install the package `onnxruntime`).

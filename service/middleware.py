@@ -9,12 +9,15 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import metrics, openapi
 from service.errors import envelope, normalise
+
+if TYPE_CHECKING:
+    from service.dataplane import DataPlane
+from service.compat import QuickAck
 from service.lifecycle import Lifecycle
-from service.tcp import QuickAck
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,7 +28,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # POST routes that run a model, and the content types each takes ("" = no Content-Type header)
 PREDICT_ROUTE = re.compile(r"^/v1/[^/]+/predict$")
 INFER_ROUTE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
-UPLOAD_ROUTE = re.compile(r"^/v1/lenet/predict-image$")
+UPLOAD_ROUTE = re.compile(r"^/v1/[^/]+/predict-image$")
 # What stays open when TINYSERVE_API_TOKEN is set: the probes an orchestrator calls, the metrics a scraper
 # reads, and the browser page's static files (code, no data: the page asks for the token). Everything else,
 # model cards and metadata included, needs the token.
@@ -66,8 +69,10 @@ class GuardMiddleware:
         lifecycle: Lifecycle,
         api_token: str | None = None,
         quick_ack: bool = True,
+        plane: Callable[[], DataPlane] | None = None,  # the served models, for the per-model OpenAPI paths
     ) -> None:
         self.app = app
+        self.plane = plane
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
         self.lifecycle = lifecycle
@@ -86,7 +91,8 @@ class GuardMiddleware:
             return
         accepts = next((types for route, types in ACCEPTS.items() if route.match(path)), None)
         if method == "GET" and path == "/docs.json":
-            await self.app(scope, receive, _rewriting(send, openapi.rewrite))
+            contracts = {m.name: m.contract for m in self.plane().registry.models()} if self.plane else {}
+            await self.app(scope, receive, _rewriting(send, lambda body: openapi.rewrite(body, contracts)))
             return
         if method in ("GET", "HEAD") and path == "/":
             await _respond(send, 200, openapi.DOCS_PAGE, [], content_type=b"text/html; charset=utf-8")

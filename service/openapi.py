@@ -8,9 +8,12 @@ envelope, `{"error": str, "detail": [...]}`, and the guard adds 401, 413, 415, 4
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from modelrepo import ModelKind
 from service import __version__
+from service.kinds import Contract, schema_of
 
 INFO = {
     "title": "tinyserve",
@@ -79,7 +82,48 @@ def describe_errors(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def rewrite(body: bytes) -> bytes:
-    spec = describe_errors(json.loads(body))
+def add_models(spec: dict[str, Any], contracts: Mapping[str, Contract]) -> dict[str, Any]:
+    """Each served model's typed route, with its request and response models (made from its card)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    paths = spec.setdefault("paths", {})
+    for name, contract in sorted(contracts.items()):
+        shown: dict[type[Any], dict[str, Any]] = {}
+        for model in (contract.request, contract.response):
+            schema = schema_of(model)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = shown[model] = schema
+        generic = paths.get("/v1/{name}/predict-image", {}).get("post")
+        if contract.kind is ModelKind.IMAGE and generic is not None:
+            upload = json.loads(json.dumps(generic))
+            upload["parameters"] = [p for p in upload.get("parameters", []) if p.get("name") != "name"]
+            upload["operationId"] = f"predict_image_{name}"
+            paths[f"/v1/{name}/predict-image"] = {"post": upload}
+        paths[f"/v1/{name}/predict"] = {
+            "post": {
+                "summary": f"{name}: {contract.request.__doc__ or ''}",
+                "description": f"{contract.request.__doc__ or name} Typed JSON in, typed JSON out; every refusal "
+                "names the field, what was expected and what came.",
+                "operationId": f"predict_{name}",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{contract.request.__name__}"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "the model's answer",
+                        "content": {"application/json": {"schema": shown[contract.response]}},
+                    },
+                    "400": {"description": "a value, shape or field that breaks the contract"},
+                    "404": {"description": "unknown model"},
+                },
+            }
+        }
+    return spec
+
+
+def rewrite(body: bytes, contracts: Mapping[str, Contract] | None = None) -> bytes:
+    spec = describe_errors(add_models(json.loads(body), contracts or {}))
     spec["info"] = INFO  # BentoML's says version "None" and names its own team
     return json.dumps(spec).encode()

@@ -53,3 +53,6 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="when set, predict routes require 'Authorization: Bearer <token>'"
     )
+    server_timing: bool = Field(
+        False, description="answer a Server-Timing header (parse, queue, run, encode) on predict and infer routes"
+    )

@@ -202,6 +202,7 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
         seed=seed,
         labels=tuple(str(d) for d in range(10)),
         losses=losses,
+        input_range=(0.0, 1.0),  # pixels, ink high
     )
 
 

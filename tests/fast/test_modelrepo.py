@@ -12,7 +12,7 @@ import pytest
 
 import modelrepo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 
 
