@@ -55,7 +55,6 @@ def test_tinyserve_answers_in_the_benchmarks_forms(server: Server) -> None:
     peers.check(peers.Running(peers.BY_NAME["tinyserve"], server.url, server.process, server.log))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("name", FRAMEWORKS)
 def test_framework_answers_as_onnx_runtime(name: str, tmp_path: Path) -> None:
