@@ -85,6 +85,7 @@ train: $(VENV)/.all  ## retrain and re-export all four models into models/
 
 bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread shapes, then against the frameworks (bench-peers)
 	$(BIN)/python -m benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.peers $(ARGS)
 
 # The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (every
