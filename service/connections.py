@@ -15,14 +15,17 @@ uvicorn's httptools protocol class, in each worker before its first connection (
 - more than TINYSERVE_MAX_HEADER_BYTES before the end of the headers: 431 and close (counted as the
   bytes arrive, before httptools joins them: its joining is quadratic in a header's length);
 - the soft file limit is raised to the hard one, and a worker that nears it logs so and closes its idle
-  connections, so that probes and real clients still get in.
+  connections, so that probes and real clients still get in (a burst faster than the worker accepts
+  can still fill it: libuv then accepts and drops the excess; only the higher limit helps there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from typing import Any
 logger = logging.getLogger("bentoml.tinyserve")
 
 UVICORN = "0.54"  # the version whose HttpToolsProtocol these hooks were written against
-HIGH_WATER = 0.9  # of the file limit: past it, idle connections are closed and the worker says so
+HEADROOM = 0.1  # of the files left for connections: within it, idle connections are closed and it is logged
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -59,13 +62,16 @@ class _Connection:
 
 LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, max_header_bytes=32 * 1024)
 _last_warning = 0.0
+_files_at_start = 0  # files the worker holds besides its connections (libraries, sockets, logs)
 
 
 def install(limits: Limits) -> str:
     """Hook uvicorn's httptools protocol (once per process; later calls only change the limits)."""
-    global LIMITS
+    global LIMITS, _files_at_start
     LIMITS = limits
     file_limit = raise_file_limit()
+    with contextlib.suppress(OSError):
+        _files_at_start = len(os.listdir("/proc/self/fd"))  # Linux; elsewhere connections alone are counted
     try:
         import uvicorn
         from uvicorn.protocols.http import auto, httptools_impl
@@ -221,7 +227,8 @@ def _check_file_limit(protocol: Any) -> None:
     global _last_warning
     open_now = len(protocol.connections)
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if open_now < HIGH_WATER * soft:
+    room = soft - _files_at_start
+    if open_now < room - max(16, HEADROOM * room):
         return
     idle = [
         other

@@ -258,30 +258,39 @@ class GuardMiddleware:
             return None
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, refuse: Send) -> None:
-        """Run the route; no answer begun within TINYSERVE_REQUEST_TIMEOUT: cancel it and answer 504."""
+        """Run the route; an answer not begun within TINYSERVE_REQUEST_TIMEOUT is a 504 instead.
+
+        Stuck: cancelled when the time is up. Late (it began after the time, e.g. a decode that held the
+        event loop past it): its answer is dropped for the 504, so that the deadline means one thing.
+        """
         loop = asyncio.get_running_loop()
-        begun: asyncio.Future[None] = loop.create_future()
+        started, begun = loop.time(), loop.create_future()
+        late = False
 
         async def marking(message: Message) -> None:
+            nonlocal late
             if not begun.done():
+                late = loop.time() - started > self.request_timeout
                 begun.set_result(None)
-            await send(message)
+            if not late:
+                await send(message)
 
         task = asyncio.ensure_future(self.app(scope, receive, marking))
         task.add_done_callback(lambda _: None if begun.done() else begun.set_result(None))
         try:
             await asyncio.wait_for(asyncio.shield(begun), self.request_timeout)
+            await task
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            late = True
+        finally:
+            if not task.done():  # the client left, or the server stops: so does the route
+                task.cancel()
+        if late:
             message = f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
             await _respond(refuse, 504, envelope(message), [])
-            return
-        finally:
-            if not begun.done():
-                task.cancel()
-        await task
 
 
 def _unauthorised() -> Refusal:
