@@ -17,9 +17,11 @@ import re
 import socket
 import struct
 import sys
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,6 +286,28 @@ def chunked_bodies(target: Target, connections: int = 16, each: int = 8 * 2**20)
     return Outcome(f"{connections} chunked bodies of {each // 2**20} MiB", "429 past the budget", got, held, refused)
 
 
+def big_bodies(target: Target, bodies: int = 4, images: int = 1240) -> Outcome:
+    """A worker's whole body budget of JSON at once (4 x 16 MB, parsed, then refused for too many images):
+    the workers' growth and the longest /livez wait meanwhile, what the manifests' memory and probes allow."""
+    body = json.dumps({"images": [[[0.123456789] * 32] * 32] * images}).encode()
+    before, peak, waits = target.rss(), 0, []
+    with target.client() as client, ThreadPoolExecutor(bodies) as pool:
+        posts = [
+            pool.submit(client.post, "/v1/lenet/predict", content=body, headers={"Content-Type": "application/json"})
+            for _ in range(bodies)
+        ]
+        while not all(post.done() for post in posts):
+            started = time.perf_counter()
+            client.get("/livez")
+            waits.append(time.perf_counter() - started)
+            peak = max(peak, target.rss())
+        statuses = Counter(post.result().status_code for post in posts)
+    grown = (peak - before) / 2**20
+    got = f"{dict(statuses)}, longest /livez {max(waits):.2f} s" + (f", workers +{grown:.0f} MiB" if target.pid else "")
+    held = set(statuses) <= {400, 429} and max(waits) < 2  # the readiness probe's timeout
+    return Outcome(f"{bodies} JSON bodies of {len(body) / 2**20:.0f} MB", "refused, probes < 2 s", got, held, waits)
+
+
 def unknown_field(target: Target, size: int = 5 * 2**20) -> Outcome:
     body = b'{"x": [1.0], "' + b"a" * size + b'": 1}'
     with target.client() as client:
@@ -373,6 +397,7 @@ CATALOGUE: list[Callable[[Target], Outcome]] = [
     huge_header,
     slow_bodies,
     chunked_bodies,
+    big_bodies,
     unknown_field,
     content_length_spaces,
     head_requests,

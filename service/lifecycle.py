@@ -3,7 +3,8 @@
 On SIGTERM (or SIGINT) the worker marks itself draining: `/readyz` and `/v2/health/ready` answer 503 and
 new model requests get a clean 503 with `Connection: close`, while requests already in flight run to
 the end. After `TINYSERVE_DRAIN_SECONDS` the signal goes on to uvicorn, which stops accepting
-connections and waits for the rest.
+connections and waits for the rest. And a worker that exits for any other reason is logged by the server
+process with its cause (`watch_workers`): an OOM kill leaves no log of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -54,6 +56,8 @@ def watch_workers() -> None:
     `after_reap` hook with the exit status of each process it reaps; the hook is added to every watcher as
     BentoML hands them to circus (the arbiter, as service.listeners hooks it too; circus 0.19).
     """
+    if "--fd" in sys.argv:
+        return  # a worker (BentoML hands it its socket as --fd): the server process watches
     from bentoml._internal.utils import circus
 
     create_arbiter: Callable[..., Any] = circus.create_standalone_arbiter
@@ -83,4 +87,6 @@ def exit_cause(name: str, pid: int, exit_code: int | None) -> tuple[int, str, st
         return level, "worker %s (pid %d) exited: %s", name, pid, f"exit code {exit_code}"
     name_of = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
     why = " (the kernel's OOM killer, or a container's memory limit, sends it)" if exit_code == -signal.SIGKILL else ""
-    return logging.WARNING, "worker %s (pid %d) exited: %s", name, pid, f"killed by {name_of}{why}"
+    stopped = -exit_code in (signal.SIGTERM, signal.SIGINT)  # asked to stop: a shutdown, not a failure
+    level = logging.INFO if stopped else logging.WARNING
+    return level, "worker %s (pid %d) exited: %s", name, pid, f"{'stopped' if stopped else 'killed'} by {name_of}{why}"

@@ -22,6 +22,7 @@ import pytest
 
 from benchmarks import attack
 from benchmarks.attack import Target
+from service import lifecycle, metrics
 from tests.server import REPO, Server, refused_start, running, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -65,6 +66,30 @@ def target(edge: tuple[Server, Target]) -> Target:
 def _worker(target: Target) -> psutil.Process:
     (worker,) = target.workers()
     return worker
+
+
+# --- in process ---------------------------------------------------------------------------------------
+
+
+def test_route_labels_are_the_templates_or_other_whatever_the_path() -> None:
+    labels = {metrics.route_label(path, 200) for path in (f"/{c}" * n for c in "abv12/" for n in range(1, 9))}
+    labels |= {metrics.route_label(f"/v2/models/m{i}/versions/{i}/infer", 200) for i in range(50)}
+    labels |= {metrics.route_label(f"/v1/m{i}/predict", 404) for i in range(50)}
+    templates = {template for template, _ in metrics.ROUTE_TEMPLATES}
+    assert labels <= templates | {"other"}
+    assert metrics.route_label("/v2/models/x/versions/3/infer", 200) == "/v2/models/{name}/{action}"
+    assert metrics.route_label("/v1/nope/predict", 404) == "other"  # no route answered it
+
+
+def test_a_worker_exit_is_described_by_its_signal() -> None:
+    assert lifecycle.exit_cause("service", 7, -signal.SIGKILL)[1:] == (
+        "worker %s (pid %d) exited: %s",
+        "service",
+        7,
+        "killed by SIGKILL (the kernel's OOM killer, or a container's memory limit, sends it)",
+    )
+    assert lifecycle.exit_cause("service", 7, -signal.SIGTERM)[4] == "stopped by SIGTERM"
+    assert lifecycle.exit_cause("service", 7, 3)[4] == "exit code 3"
 
 
 # --- authentication -------------------------------------------------------------------------------------
