@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak clean system-deps lock image image-cuda
+.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak attack clean system-deps lock image image-cuda
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,15 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --target $(ORT_GPU) onnxruntime-gpu==1.31.1
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run both tiers (in process, then real processes)
+# checkov (security checks of deploy/kubernetes/, in tests/test_kubernetes.py) in a virtualenv of its own: it
+# pins packaging, networkx and python-dateutil below the versions serving, Ray and training use.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps lint  ## install everything, lint, run both tiers (in process, then real processes)
 	$(BIN)/pytest -m "not process"
 	$(BIN)/pytest -m "process and not gpu"
 
@@ -107,6 +115,12 @@ bench-peers: $(VENV)/.all peers  ## tinyserve against FastAPI, LitServe, MLServe
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)
 	TINYSERVE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/test_hardening.py -k "contract or framings" -p no:cacheprovider
 
+# Against a server already running (make serve, a container, a pod behind kubectl port-forward).
+URL ?= http://$(HOST):$(PORT)
+attack: $(VENV)/.all  ## replay issue 21's attacks on the server at URL= (TOKEN=, METRICS_TOKEN=, PID=) and print a table
+	$(BIN)/python -m benchmarks.attack --url $(URL) $(if $(TOKEN),--token $(TOKEN)) \
+	  $(if $(METRICS_TOKEN),--metrics-token $(METRICS_TOKEN)) $(if $(PID),--pid $(PID))
+
 soak: $(VENV)/.all  ## 30 minutes of mixed traffic at 40 requests/s: statuses, latency over time, server memory
 	$(BIN)/python -m benchmarks.soak --minutes 30
 
@@ -126,4 +140,4 @@ lock: $(VENV)/.all  ## lock requirements/serve*.txt into requirements/*.lock.txt
 	$(LOCK) $(ARGS) requirements/serve-cuda.txt -o requirements/serve-cuda.lock.txt
 
 clean:  ## remove the virtual environment, caches and build/ (wheelhouses, temporary build contexts)
-	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) $(CHECKOV_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
