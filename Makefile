@@ -49,7 +49,14 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --target $(ORT_GPU) onnxruntime-gpu==1.31.1
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run the whole test suite
+# axe-core for the playground's accessibility tests, from npm at the version of tests/ui/package-lock.json.
+AXE := tests/ui/node_modules/axe-core/axe.min.js
+$(AXE): tests/ui/package.json tests/ui/package-lock.json
+	@command -v npm >/dev/null || { echo "make test: npm is missing (Node.js 18+ with npm installs axe-core)" >&2; exit 2; }
+	npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed system-deps $(AXE) lint  ## install everything, lint, run the whole test suite
 	$(BIN)/pytest
 
 # The GPU checks get a virtualenv of their own: onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries as
