@@ -270,7 +270,8 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
             if method not in ("get", "post", "put", "delete", "patch", "head"):
                 continue
             operation["tags"] = [_tag(path)]
-            operation["security"] = [] if path in OPEN else [{"token": []}]
+            # the token, or nothing: a server without TINYSERVE_API_TOKEN takes every request without one
+            operation["security"] = [] if path in OPEN else [{"token": []}, {}]
             _responses(operation, path, method)
             _file_picker(spec, operation)
             for parameter in operation.get("parameters", []):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ def test_drawn_digits_are_read_and_the_bars_drawn_as_wide_as_each_probability(de
         red = seen[0::4]  # the model's 32x32 input is shown, ink high: a dark ground, light strokes
         assert red[0] == red[31] == red[-32] == red[-1] == 0 and max(red) > 128, red
         if digit == 7:
-            desktop.screenshot("lenet")
+            desktop.screenshot("lenet-seven")
     right = sum(a == d for d, a in enumerate(answers))
     assert right >= 9, f"read {answers} for 0-9"
 
@@ -413,18 +414,23 @@ def test_errors_are_shown_in_the_servers_words_and_the_page_goes_on(
 
 
 def test_a_scribble_is_not_called_a_digit(desktop: Visit, http: httpx.Client) -> None:
-    page = desktop.page
-    cross = Image.new("L", (280, 280), 255)
-    ImageDraw.Draw(cross).line([(60, 60), (220, 220)], fill=0, width=18)
-    ImageDraw.Draw(cross).line([(220, 60), (60, 220)], fill=0, width=18)
+    spiral = [(140 + r * math.cos(r / 8), 140 + r * math.sin(r / 8)) for r in range(0, 110, 2)]
+    pad = Image.new("L", (handmade.PAD, handmade.PAD), 255)
+    ImageDraw.Draw(pad).line(spiral, fill=17, width=18, joint="curve")
     png = io.BytesIO()
-    cross.save(png, "PNG")
-    answer = http.post("/v1/lenet/predict-image", files={"image": ("x.png", png.getvalue(), "image/png")}).json()
+    pad.save(png, "PNG")
+    answer = http.post("/v1/lenet/predict-image", files={"image": ("spiral.png", png.getvalue(), "image/png")}).json()
     if "recognised" not in answer:
         pytest.skip("the server does not answer `recognised` yet (the image route adds it)")
-    _draw(page, [np.array([(60, 60), (220, 220)]), np.array([(220, 60), (60, 220)])])
+    assert answer["recognised"] is False
+    page = desktop.page
+    page.locator("#pen").fill("18")
+    _draw(page, [np.array(spiral)])
     page.wait_for_selector("#digit[data-label]")
     assert page.text_content("#digit") == "That does not look like a digit."
+    assert page.text_content("#glance-pct") == "not a digit"
+    assert axe_violations(page) == []
+    desktop.screenshot("lenet-not-a-digit")
 
 
 def test_a_token_protected_server_and_the_status_chip_that_follows_it(browser: Browser, token_server: Server) -> None:

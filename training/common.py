@@ -65,6 +65,7 @@ class Trained:
     seed: int
     labels: tuple[str, ...] | None = None
     losses: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # the card's `extra`: e.g. LeNet's recognition rule
 
 
 def _strip_debug_metadata(model: onnx.ModelProto) -> None:
@@ -162,6 +163,7 @@ def export(trained: Trained, out: Path, version: str = "1") -> modelrepo.ModelEn
             "onnx": onnx.__version__,
         },
         labels=trained.labels,
+        extra=trained.extra,
     )
     modelrepo.write_card(card, directory)
     return modelrepo.ModelEntry(card=card, directory=directory)

@@ -188,7 +188,7 @@
     digit.textContent = recognised ? String(result.label) : "That does not look like a digit.";
     $("confidence").textContent = recognised
       ? `${sure} sure (model ${result.model} v${result.version})`
-      : `The closest digit is ${result.label} (${sure}), but LeNet's answer is not one of a digit it knows. (model ${result.model} v${result.version})`;
+      : `LeNet's closest guess is ${result.label} (${sure}), but the image matches no digit strongly enough to be called one (model ${result.model} v${result.version}).`;
     $("glance-digit").textContent = recognised ? String(result.label) : "?";
     $("glance-pct").textContent = recognised ? sure : "not a digit";
     const bars = $("bars");
@@ -739,7 +739,10 @@
     mnist_28x28: "MNIST's 28×28 images",
     x: "input x",
     n: "rows",
+    recognition: "when an image counts as a digit",
+    test_recognised: "held-out digits counted as digits",
   };
+  const VALUES = { max_logit: "the largest logit reaches the threshold" };
   const readable = (key) => READABLE[key] || key.replace(/_/g, " ");
   const PICTURES = {
     "lenet_confusion.png": "Confusion matrix on the held-out digits, and the training loss",
@@ -750,8 +753,9 @@
   };
   function show(v) {
     if (typeof v === "number") return fmt(v);
+    if (typeof v === "string" && VALUES[v]) return `${VALUES[v]} (${v})`;
     if (Array.isArray(v)) return v.map(show).join(v.some(Array.isArray) ? "; " : ", ");
-    if (typeof v === "object" && v !== null) return JSON.stringify(v);
+    if (typeof v === "object" && v !== null) return Object.entries(v).map(([k, x]) => `${readable(k)}: ${show(x)}`).join(", ");
     return String(v);
   }
 
@@ -822,7 +826,7 @@
           table("Data", Object.entries(card.data)),
           table("Preprocessing", Object.entries(card.preprocessing)),
         );
-        if (card.extra && Object.keys(card.extra).length) article.append(table("More", Object.entries(card.extra)));
+        if (card.extra && Object.keys(card.extra).length) article.append(table("Serving", Object.entries(card.extra)));
         if (info.pictures && info.pictures.length) {
           article.append(text("h3", "Training pictures"));
           for (const file of info.pictures) {
