@@ -57,7 +57,14 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps lint  ## install everything, lint, run both tiers (in process, then real processes)
+# axe-core for the playground's accessibility tests, from npm at the version of tests/ui/package-lock.json.
+AXE := tests/ui/node_modules/axe-core/axe.min.js
+$(AXE): tests/ui/package.json tests/ui/package-lock.json
+	@command -v npm >/dev/null || { echo "make test: npm is missing (Node.js 18+ with npm installs axe-core)" >&2; exit 2; }
+	npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps $(AXE) lint  ## install everything, lint, run both tiers (in process, then real processes)
 	$(BIN)/pytest -m "not process"
 	$(BIN)/pytest -m "process and not gpu"
 

@@ -44,11 +44,12 @@ logger = logging.getLogger("bentoml.tinyserve")
 PREDICT_ROUTE = re.compile(r"^/v1/[^/]+/predict$")
 INFER_ROUTE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 UPLOAD_ROUTE = re.compile(r"^/v1/[^/]+/predict-image$")
-# What stays open when TINYSERVE_API_TOKEN is set: the probes an orchestrator calls and the browser page's
-# static files (code, no data: the page asks for the token). Everything else, model cards and metadata
-# included, needs the token; /metrics needs the metrics token, else the API token.
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-OPEN_PREFIX = "/ui"
+# What stays open when TINYSERVE_API_TOKEN is set: the probes an orchestrator calls, and the pages' static
+# files: the playground's and the API docs' (code and the OpenAPI document, no data: both pages ask for the
+# token, and Authorize needs the document). Everything else, model cards and metadata included, needs the
+# token; /metrics needs the metrics token, else the API token.
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/", "/docs.json"})
+OPEN_PREFIXES = ("/ui", "/static_content")
 ACCEPTS = {
     PREDICT_ROUTE: ("application/json", ""),
     INFER_ROUTE: ("application/json", "application/octet-stream", ""),  # Triton's client sends none
@@ -60,7 +61,7 @@ RFC_SPACE = b" \t"  # optional white space around a field value (RFC 9110, 5.5)
 
 
 def _is_open(path: str) -> bool:
-    return path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
+    return path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in OPEN_PREFIXES)
 
 
 def _content_type(scope: Scope) -> str:
