@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -231,6 +233,9 @@ def start_up(settings: Settings | None = None, *, serving: bool = True) -> Start
     the environment alone.
     """
     settings = settings or read_settings()
+    if serving and settings.control_dir is None:  # the workers' shared state: one directory per server start
+        os.environ["TINYSERVE_CONTROL_DIR"] = tempfile.mkdtemp(prefix="tinyserve-control-")
+        settings = settings.model_copy(update={"control_dir": Path(os.environ["TINYSERVE_CONTROL_DIR"])})
     try:
         entries, runtime = preflight(settings, inherited=os.environ.get(DECISION_ENV) if serving else None)
     except (StartRefused, modelrepo.ModelRepositoryError) as reason:
