@@ -85,6 +85,7 @@ train: $(VENV)/.all  ## retrain and re-export all four models into models/
 
 bench: $(VENV)/.all  ## measure serving and its scaling over worker/thread shapes against raw ONNX Runtime and a FastAPI peer (minutes; not in make test)
 	$(BIN)/python -m benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks.roll  # requests/s and p99 while versions are loaded and unloaded, against none
 
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)
 	TINYSERVE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/test_hardening.py -k "contract or framings" -p no:cacheprovider

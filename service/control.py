@@ -280,14 +280,17 @@ class Controller:
         with self.files.lock():
             state = self.files.read() or State()
             found = scan(self.root)
-            models, policies, failures = {}, {}, dict(state.failures)
+            models: dict[str, list[str]] = {}
+            policies: dict[str, dict[str, Any]] = {}
+            failures: dict[str, str] = {}  # each scan says afresh what fails
             for name in sorted(found):
                 try:
                     policy = modelrepo.read_policy(self.root, name)
                     versions = self._passing(found[name], policy.select(list(found[name])), name, failures)
                 except ModelRepositoryError as e:
                     failures[name] = str(e)
-                    versions = state.models.get(name, [])  # a bad config keeps what serves
+                if name in failures:  # as a failed load: what serves keeps serving, as it was chosen
+                    versions = state.models.get(name, [])
                     policy = VersionPolicy.from_dict(state.policies.get(name, {"all": {}}), name)
                 if versions:
                     models[name], policies[name] = versions, policy.to_dict()

@@ -22,7 +22,7 @@ from tests.helpers import REPO
 from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
-TARGETS = ["base", "overlays/gpu", "kserve"]
+TARGETS = ["base", "overlays/gpu", "overlays/model-repository", "kserve"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = {"name": "tinyserve-api-token", "key": "token"}
 
@@ -87,6 +87,8 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
         if target == "kserve"
         else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
     )
+    if target == "overlays/model-repository":
+        expected.append("PersistentVolumeClaim")  # the shared repository the pods poll
     assert sorted(kinds) == sorted(expected)
 
 
@@ -165,10 +167,10 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root(target: str) -> None:
         "capabilities": {"drop": ["ALL"]},
     }
     home = next(e["value"] for e in serving["env"] if e["name"] == "BENTOML_HOME")
-    writable = {mount["mountPath"] for mount in serving["volumeMounts"]}
-    assert writable == {"/tmp"} and Path(home).is_relative_to("/tmp")
+    writable = [mount for mount in serving["volumeMounts"] if not mount.get("readOnly")]  # e.g. not the models
+    assert [m["mountPath"] for m in writable] == ["/tmp"] and Path(home).is_relative_to("/tmp")
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert all("emptyDir" in volumes[m["name"]] for m in serving["volumeMounts"])
+    assert all("emptyDir" in volumes[m["name"]] for m in writable)
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> None:
@@ -224,3 +226,13 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # Prometheus' files under BENTOML_HOME
         assert 'tinyserve_rows_inferred_total{model="linear",version="1"} 1.0' in metrics
         assert "Read-only file system" not in server.output()
+
+
+def test_the_model_repository_overlay_polls_a_shared_volume_read_only() -> None:
+    target = "overlays/model-repository"
+    env = settings_env(target)
+    assert (env["TINYSERVE_MODELS_DIR"], env["TINYSERVE_MODEL_CONTROL"]) == ("/models", "poll")
+    (mount,) = [m for m in container(target)["volumeMounts"] if m["mountPath"] == "/models"]
+    (volume,) = [v for v in pod_spec(target)["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["claimName"] == "tinyserve-models"
+    assert one(target, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadOnlyMany"]
