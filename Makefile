@@ -21,7 +21,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 # Everything: serving, clients (with Ray), training (torch==2.13.0 from local disk), and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,client,triton,ray,train,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,client,triton,ray,train,dev,signing]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)

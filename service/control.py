@@ -29,7 +29,7 @@ import anyio
 
 import modelrepo
 from modelrepo import ModelEntry, ModelRepositoryError, VersionPolicy, version_key
-from service import cuda, metrics
+from service import cuda, metrics, provenance
 from service.dataplane import Batching, load_model
 from service.errors import InvalidInput, ModelNotFound, ServingError, echo
 from service.registry import Registry
@@ -165,11 +165,13 @@ def scan(root: Path) -> dict[str, dict[str, ModelEntry | str]]:
     return found
 
 
-def check(entry: ModelEntry | str, runtime: Runtime) -> None:
-    """The start-up preflight for one version: sha256 against its card, a kind of model, CUDA proven by a probe."""
+def check(entry: ModelEntry | str, runtime: Runtime, keys: list[Path]) -> None:
+    """The start-up preflight for one version: sha256 against its card, signed by a trusted key (when keys are
+    set), a kind of model, CUDA proven by a probe."""
     if isinstance(entry, str):
         raise ModelRepositoryError(entry)
     modelrepo.verify(entry)
+    provenance.verify(entry, keys)
     _ = entry.card.kind
     if runtime.provider == CUDA:
         result = cuda.probe([entry.model_path], runtime.provider_options)
@@ -187,6 +189,7 @@ class Controller:
         self.wait_seconds = settings.control_wait_seconds
         self.runtime, self.batching, self.registry = runtime, batching, registry
         self.workers = runtime.shape.workers
+        self.keys = provenance.trusted_keys(settings.trusted_keys)
         directory = settings.control_dir or Path(tempfile.mkdtemp(prefix="tinyserve-control-"))
         self.files = SharedFiles(directory)
         self.state = State()
@@ -307,7 +310,7 @@ class Controller:
             key = _identity(entry)
             if key not in self._checked:
                 try:
-                    check(entry, self.runtime)
+                    check(entry, self.runtime, self.keys)
                     self._checked[key] = ""
                 except (ModelRepositoryError, StartRefused) as e:
                     self._checked[key] = f"version {version} of '{name}' was not loaded: {e}"
@@ -335,7 +338,7 @@ class Controller:
                 return self._fail(state, name, f"the version policy {policy.to_dict()} selects none of {have}")
             for version in chosen:
                 try:
-                    check(found[version], self.runtime)
+                    check(found[version], self.runtime, self.keys)
                 except (ModelRepositoryError, StartRefused) as e:
                     served = ", ".join(state.models.get(name, [])) or "none"
                     return self._fail(state, name, f"version {version} was not loaded: {e}; serving {served}")

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 import modelrepo
-from service import cuda, metrics
+from service import cuda, metrics, provenance
 from service.machine import Cores, Shape, available_cores, choose_shape
 from service.settings import Settings
 from service.tensors import ONNX_TYPES
@@ -185,8 +185,10 @@ def preflight(settings: Settings, *, inherited: str | None = None) -> tuple[list
     entries = modelrepo.discover(settings.models_dir)
     if not entries:
         raise modelrepo.ModelRepositoryError(f"{settings.models_dir}: no models found")
+    keys = provenance.trusted_keys(settings.trusted_keys)
     for entry in entries:
         modelrepo.verify(entry)
+        provenance.verify(entry, keys)  # signed by a trusted key, when TINYSERVE_TRUSTED_KEYS names any
         _ = entry.card.kind  # a card that fits no kind of model refuses the start here, not in every worker
     if inherited:
         return entries, Runtime.from_env(inherited)

@@ -73,3 +73,8 @@ class Settings(BaseSettings):
     control_wait_seconds: float = Field(
         60.0, gt=0, description="how long a load or unload call waits for every worker to serve the new state"
     )
+    trusted_keys: str | None = Field(
+        None,
+        description="public keys (PEM, elliptic curve; comma-separated files): when set, a model version serves "
+        "only if one of them signed it (OpenSSF model signing, <version>/model.sig), at start and at every load",
+    )

@@ -22,8 +22,11 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.repository import publish, repository, set_policy
-from tests.server import REPO, Server, running
+import modelrepo
+from modelrepo import ModelEntry
+from service import provenance
+from tests.repository import keypair, publish, repository, set_policy
+from tests.server import REPO, Server, refused_start, running
 
 TWO_WORKERS = {"TINYSERVE_WORKERS": "2", "TINYSERVE_THREADS": "1"}
 X = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
@@ -177,21 +180,24 @@ def test_tritonclient_loads_and_a_restarted_worker_serves_the_current_state(
 
 
 @pytest.mark.timeout(600)
-def test_poll_mode_serves_a_published_version_on_every_worker(tmp_path: Path) -> None:
+def test_poll_mode_serves_a_published_signed_version_on_every_worker(tmp_path: Path) -> None:
     root, control = repository(tmp_path / "models", "linear"), tmp_path / "control"
     set_policy(root, "linear", {"latest": {"num_versions": 1}})
+    private, public = keypair(tmp_path, "release")
+    provenance.sign(root / "linear" / "1", private)
     env = TWO_WORKERS | {
+        "TINYSERVE_TRUSTED_KEYS": str(public),
         "TINYSERVE_MODELS_DIR": str(root),
         "TINYSERVE_MODEL_CONTROL": "poll",
         "TINYSERVE_POLL_SECONDS": "0.5",
         "TINYSERVE_CONTROL_DIR": str(control),
     }
     with running(tmp_path / "server.log", env) as server:
-        version = publish(root, "linear")
+        version = publish(root, "linear", signing_key=private)
         _reports(control, until=lambda r: len(r) == 2 and all(w["served"] == {"linear": [version]} for w in r.values()))
         metadata = httpx.get(f"{server.url}/v2/models/linear", timeout=30).json()
         assert (metadata["versions"], metadata["version_policy"]) == ([version], {"latest": {"num_versions": 1}})
-        corrupt = publish(root, "linear", corrupt=True)
+        corrupt = publish(root, "linear", corrupt=True, signing_key=private)
         reports = _reports(control, until=lambda r: json.loads((control / "state.json").read_text())["failures"])
         assert all(w["served"] == {"linear": [version]} for w in reports.values())  # the bad one never served
         failure = httpx.get(f"{server.url}/v2/models/linear", timeout=30).json()["load_failure"]
@@ -203,6 +209,19 @@ def test_poll_mode_serves_a_published_version_on_every_worker(tmp_path: Path) ->
         )
 
 
+@pytest.mark.timeout(180)
+def test_with_trusted_keys_an_unsigned_repository_is_a_refused_start(tmp_path: Path) -> None:
+    root = repository(tmp_path / "models", "linear")
+    _, public = keypair(tmp_path, "release")
+    line = refused_start(
+        tmp_path / "server.log", {"TINYSERVE_MODELS_DIR": str(root), "TINYSERVE_TRUSTED_KEYS": str(public)}
+    )
+    assert line == (
+        f"tinyserve: refusing to start: {root / 'linear' / '1'}: unsigned (model.sig is missing), "
+        "and TINYSERVE_TRUSTED_KEYS asks for a signature"
+    )
+
+
 @pytest.mark.timeout(120)
 def test_the_repository_api_can_be_turned_off(tmp_path: Path) -> None:
     env = {"TINYSERVE_REPOSITORY_API": "false", "TINYSERVE_WORKERS": "1"}
@@ -212,12 +231,15 @@ def test_the_repository_api_can_be_turned_off(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_training_publishes_the_next_version_whole(tmp_path: Path) -> None:
+def test_training_publishes_the_next_version_whole_and_signed(tmp_path: Path) -> None:
     root = repository(tmp_path / "models", "linear")
+    private, public = keypair(tmp_path, "release")
     command = [sys.executable, "-m", "training", "linear", "--quick", "--publish", "--repository", str(root)]
+    command += ["--signing-key", str(private)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in root.iterdir()) == ["linear"]  # no staging directory left behind
     assert sorted(p.name for p in (root / "linear").iterdir()) == ["1", "2"]
     assert json.loads((root / "linear" / "2" / "card.json").read_text())["version"] == "2"
     assert f"-> {root / 'linear' / '2' / 'model.onnx'}" in done.stdout
+    provenance.verify(ModelEntry(modelrepo.read_card(root / "linear" / "2"), root / "linear" / "2"), [public])

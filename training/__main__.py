@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import modelrepo
+from service import provenance
 from training import recipes
 from training.common import export, seed_everything
 
@@ -68,7 +69,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=SERVED_REPOSITORY,
         help="with --publish: the model repository to publish into (default: the served models/)",
     )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        help="with --publish: sign each published version with this elliptic-curve private key (PEM), OpenSSF "
+        "model signing into <version>/model.sig, for servers with TINYSERVE_TRUSTED_KEYS (default: unsigned)",
+    )
     args = parser.parse_args(argv)
+    if args.signing_key is not None and not args.publish:
+        parser.error("--signing-key signs what --publish publishes: add --publish")
     if args.publish and (args.out is not None or args.version != "1"):
         parser.error("--publish picks the version and the directory itself: drop --out and --version")
     unknown = [n for n in args.names if n not in recipes.SPECS]
@@ -107,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.quick
             else ("MISSED " + "; ".join(missed) if missed else "meets its bar")
         )
+        if args.publish and not missed and args.signing_key is not None:
+            provenance.sign(entry.directory, args.signing_key)  # before the rename: published means signed
         if args.publish and not missed:
             published = modelrepo.publish(entry.directory, args.repository, name, version)
             entry = modelrepo.ModelEntry(entry.card, published)

@@ -6,6 +6,7 @@ made once per process: the real servers, with several workers, are tests/test_co
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import modelrepo
-from service import repository_api, v2
+from service import provenance, repository_api, v2
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.lifecycle import Lifecycle
@@ -21,7 +22,7 @@ from service.middleware import GuardMiddleware
 from service.registry import Registry
 from service.settings import Settings
 from tests.fast.conftest import RUNTIME
-from tests.repository import publish, repository, set_policy
+from tests.repository import keypair, publish, repository, set_policy
 
 pytestmark = pytest.mark.timeout(120)
 X = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
@@ -154,3 +155,26 @@ def test_the_repository_calls_need_the_token(root: Path) -> None:
         assert client.post("/v2/repository/models/linear/load", json={}).status_code == 401
         headers = {"Authorization": "Bearer s3cret"}
         assert client.post("/v2/repository/models/linear/load", json={}, headers=headers).status_code == 200
+
+
+def test_with_trusted_keys_only_a_version_signed_by_one_serves(root: Path, tmp_path: Path) -> None:
+    (trusted, public), (stranger, _) = keypair(tmp_path, "trusted"), keypair(tmp_path, "stranger")
+    provenance.sign(root / "linear" / "1", trusted)
+    with serve(root, model_control="explicit", trusted_keys=str(public)) as client:
+        publish(root, "linear", signing_key=trusted)
+        assert client.post("/v2/repository/models/linear/load", json={}).status_code == 200
+        publish(root, "linear")
+        r = client.post("/v2/repository/models/linear/load", json={})
+        assert r.status_code == 400
+        assert r.json()["error"] == (
+            f"failed to load 'linear': version 3 was not loaded: {root / 'linear' / '3'}: unsigned (model.sig is "
+            "missing), and TINYSERVE_TRUSTED_KEYS asks for a signature; serving 1, 2"
+        )
+        shutil.rmtree(root / "linear" / "3")  # as an operator would take it away
+        publish(root, "linear", signing_key=stranger)
+        error = client.post("/v2/repository/models/linear/load", json={}).json()["error"]
+        assert error.startswith(
+            f"failed to load 'linear': version 3 was not loaded: {root / 'linear' / '3'}: not signed by a trusted "
+            "key (TINYSERVE_TRUSTED_KEYS): trusted.pub: Key mismatch: "
+        )
+        assert _version(client) == "2"
