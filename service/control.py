@@ -190,24 +190,36 @@ class Controller:
         self.runtime, self.batching, self.registry = runtime, batching, registry
         self.workers = runtime.shape.workers
         self.keys = provenance.trusted_keys(settings.trusted_keys)
-        directory = settings.control_dir or Path(tempfile.mkdtemp(prefix="tinyserve-control-"))
-        self.files = SharedFiles(directory)
+        self._directory = settings.control_dir
+        self._files: SharedFiles | None = None
         self.state = State()
         self.pid = os.getpid()
         self._following = asyncio.Lock()
         self._checked: dict[tuple[str, str, str], str] = {}  # (directory, sha256, mtime) -> "" or why it failed
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def files(self) -> SharedFiles:
+        """The shared directory, made on first use (never with model control none)."""
+        if self._files is None:
+            self._files = SharedFiles(self._directory or Path(tempfile.mkdtemp(prefix="tinyserve-control-")))
+        return self._files
+
     # -- start-up
     def start(self, entries: list[ModelEntry]) -> None:
         """Load the current state (a fresh server: the start-up entries, as each model's policy picks them)."""
+        by_key = {(e.name, e.version): e for e in entries}
+        if self.mode == "none":  # as always: what the start-up checked, and a worker that cannot load it fails
+            self.state = _initial(self.root, entries)
+            for key in sorted(self.state.wanted()):
+                self.registry.put(load_model(by_key[key], self.runtime, self.batching))
+            return
         with self.files.lock():
             state = self.files.read()
-            if state is None or self.mode == "none":
+            if state is None:
                 state = _initial(self.root, entries)
                 self.files.write(state)
-        by_key = {(e.name, e.version): e for e in entries}
-        current = scan(self.root) if self.mode != "none" else {}
+        current = scan(self.root)
         failures: dict[str, str] = {}
         for name, version in sorted(state.wanted()):
             entry = by_key.get((name, version)) or current.get(name, {}).get(version)

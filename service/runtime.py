@@ -235,7 +235,7 @@ def start_up(settings: Settings | None = None, *, serving: bool = True) -> Start
     the environment alone.
     """
     settings = settings or read_settings()
-    if serving and settings.control_dir is None:  # the workers' shared state: one directory per server start
+    if serving and settings.model_control != "none" and settings.control_dir is None:  # one per server start
         os.environ["TINYSERVE_CONTROL_DIR"] = tempfile.mkdtemp(prefix="tinyserve-control-")
         settings = settings.model_copy(update={"control_dir": Path(os.environ["TINYSERVE_CONTROL_DIR"])})
     try:

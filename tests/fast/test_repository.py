@@ -18,8 +18,10 @@ from service import provenance, repository_api, v2
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.lifecycle import Lifecycle
+from service.machine import Shape
 from service.middleware import GuardMiddleware
 from service.registry import Registry
+from service.runtime import Runtime
 from service.settings import Settings
 from tests.fast.conftest import RUNTIME
 from tests.repository import keypair, publish, repository, set_policy
@@ -33,13 +35,13 @@ def root(tmp_path: Path) -> Path:
     return repository(tmp_path / "models", "linear", "blobs")
 
 
-def serve(root: Path, token: str | None = None, **settings: object) -> TestClient:
+def serve(root: Path, token: str | None = None, runtime: Runtime = RUNTIME, **settings: object) -> TestClient:
     """V2 and the repository routes behind the guard, over a controller that loaded `root` as a worker does."""
     chosen = Settings.model_validate({"models_dir": root, "control_dir": root.parent / "control"} | settings)
     registry = Registry()
-    control = Controller(chosen, RUNTIME, Batching(), registry)
+    control = Controller(chosen, runtime, Batching(), registry)
     control.start(modelrepo.discover(root))
-    plane = DataPlane(registry, RUNTIME, Lifecycle(), control)
+    plane = DataPlane(registry, runtime, Lifecycle(), control)
     app = v2.create(lambda: plane)
     app.include_router(repository_api.create(lambda: plane).router)
     guarded = GuardMiddleware(app, max_body_bytes=1 << 20, max_concurrency=64, lifecycle=Lifecycle(), api_token=token)
@@ -178,3 +180,16 @@ def test_with_trusted_keys_only_a_version_signed_by_one_serves(root: Path, tmp_p
             "key (TINYSERVE_TRUSTED_KEYS): trusted.pub: Key mismatch: "
         )
         assert _version(client) == "2"
+
+
+def test_a_load_that_not_every_worker_reaches_says_so(root: Path) -> None:
+    two = Runtime(RUNTIME.cores, Shape(2, 1, spinning=False), RUNTIME.provider, {})  # the second never starts
+    publish(root, "linear")
+    with serve(root, runtime=two, model_control="explicit", control_wait_seconds=0.2) as client:
+        r = client.post("/v2/repository/models/linear/load", json={})
+        assert (r.status_code, r.json()["error"]) == (
+            503,
+            "1 of 2 workers serve generation 2 after 0.2 s (TINYSERVE_CONTROL_WAIT_SECONDS); "
+            "the others have not reported",
+        )
+        assert _version(client) == "2"  # this worker moved on: the answer says the fleet did not
