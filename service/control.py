@@ -437,7 +437,10 @@ class Controller:
         for name, version in sorted(keys, key=lambda k: (k[0], version_key(k[1]))):
             state = "READY" if (name, version) in served else "UNAVAILABLE"
             entry = found.get(name, {}).get(version)
+            failure = self.state.failures.get(name, "")
             reason = entry if isinstance(entry, str) else "" if state == "READY" else "unloaded"
+            if state != "READY" and f"version {version} " in failure:  # the sentence of its failed load
+                reason = failure
             if not ready or state == "READY":
                 rows.append({"name": name, "version": version, "state": state, "reason": reason})
         return rows

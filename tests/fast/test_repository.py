@@ -97,6 +97,12 @@ def test_a_corrupted_version_is_refused_and_the_served_one_keeps_serving(explici
     assert "sha256 mismatch" in error and error.endswith("; serving 1")
     assert _version(explicit) == "1"
     assert explicit.get("/v2/models/linear").json()["load_failure"] == error
+    assert explicit.post("/v2/repository/index").json()[-1] == {
+        "name": "linear",
+        "version": "2",
+        "state": "UNAVAILABLE",
+        "reason": error,
+    }
 
 
 def test_a_policy_override_in_the_load_call_picks_the_versions(explicit: TestClient, root: Path) -> None:
