@@ -273,7 +273,10 @@ class Controller:
                     logger.error("not serving %s/%s: %s", name, version, e)
                     continue
                 self.registry.put(model)  # the new version takes traffic from the next request on
+            failed = {key.split("/")[0] for key in failures}  # such a model keeps what it serves, all of it
             for name, version in sorted(self._served() - state.wanted()):
+                if name in failed:
+                    continue
                 # Dropped, not closed: a request that took this version before the swap still finishes on it,
                 # and the session is freed with the last reference to it.
                 self.registry.remove(name, version)
@@ -392,6 +395,7 @@ class Controller:
         """Serve `name` as its version policy (or `override`) says, on every worker; LoadFailed says why not."""
         if self.mode != "explicit":
             raise ControlRefused(_refusal(self.mode, "load"))
+        before = self.files.read() or State()
         generation = await anyio.to_thread.run_sync(self._decide_load, name, override)
         reports = await self._converge(abs(generation))
         if generation < 0:
@@ -399,9 +403,24 @@ class Controller:
         failed = [
             f"worker {r.pid}: {why}" for r in reports for key, why in r.failures.items() if key.startswith(f"{name}/")
         ]
-        if failed:
-            raise LoadFailed(f"failed to load '{name}' on every worker: {'; '.join(failed)}")
+        if failed:  # passed the preflight, failed in a worker (its session): every worker back to what it served
+            sentence = f"failed to load '{name}': {'; '.join(failed)}"
+            await self._converge(await anyio.to_thread.run_sync(self._restore, before, name, sentence))
+            raise LoadFailed(sentence)
         return _answer(abs(generation), reports)
+
+    def _restore(self, before: State, name: str, sentence: str) -> int:
+        """The model's versions and policy as they were before a load, and the load's failure."""
+        logger.error("%s", sentence)
+        with self.files.lock():
+            state = self.files.read() or State()
+            models = {k: v for k, v in state.models.items() if k != name}
+            if name in before.models:
+                models[name] = before.models[name]
+            policies = state.policies | ({name: before.policies[name]} if name in before.policies else {})
+            moved = state.moved(models=models, policies=policies, failures=state.failures | {name: sentence})
+            self.files.write(moved)
+            return moved.generation
 
     async def unload(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Stop serving `name` (or one version of it) on every worker."""

@@ -6,6 +6,7 @@ made once per process: the real servers, with several workers, are tests/test_co
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,18 @@ def test_a_load_that_not_every_worker_reaches_says_so(root: Path) -> None:
             "the others have not reported",
         )
         assert _version(client) == "2"  # this worker moved on: the answer says the fleet did not
+
+
+def test_a_version_that_fails_in_the_worker_leaves_every_worker_as_it_was(explicit: TestClient, root: Path) -> None:
+    version = publish(root, "linear")
+    card = modelrepo.read_card(root / "linear" / version)
+    renamed = dataclasses.replace(card.inputs[0], name="z")  # the file's input is x: its session refuses the card
+    modelrepo.write_card(dataclasses.replace(card, inputs=(renamed,)), root / "linear" / version)
+    config = '{"version_policy": {"latest": {"num_versions": 1}}}'
+    r = explicit.post("/v2/repository/models/linear/load", json={"parameters": {"config": config}})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("failed to load 'linear': worker ")
+    assert "the file's inputs [('x', 'FP32', 2)] do not match the card's [('z', 'FP32', 2)]" in r.json()["error"]
+    metadata = explicit.get("/v2/models/linear").json()
+    assert (metadata["versions"], metadata["version_policy"]) == (["1"], {"all": {}})
+    assert _version(explicit) == "1"
