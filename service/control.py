@@ -1,27 +1,23 @@
 """Models that change while the server runs: the served state every worker follows, and the calls that move it.
 
 The state (which versions of each model are served, the policy that chose them, the last failed load) is one
-small JSON file in a directory the workers share (TINYSERVE_CONTROL_DIR). A writer holds a file lock and
-replaces the file whole. Every worker watches it: it loads what is new (verified against its card, warmed)
-beside what it serves, swaps its registry (copy on write: a request in flight keeps the version it took), drops
-what left, and reports the generation it serves in `workers/<pid>.json`. A load or unload call writes the
-state and answers once every worker reports it, or names the workers that do not. A worker that starts later
-(a restart) loads the state as it is then. Transport-neutral: the HTTP routes (service.repository_api) and
-any other front door call `Controller` and map its typed errors.
+small JSON file in a directory the workers share (TINYSERVE_CONTROL_DIR; service.served_state). A writer
+holds a file lock and replaces the file whole. Every worker watches it: it loads what is new (verified
+against its card, warmed) beside what it serves, swaps its registry (copy on write: a request in flight
+keeps the version it took), drops what left, and reports the generation it serves in `workers/<pid>.json`.
+A load or unload call writes the state and answers once every worker reports it, or names the workers
+that do not. A worker that starts later (a restart) loads the state as it is then. Transport-neutral: the
+HTTP routes (service.repository_api) and any other front door call `Controller` and map its typed errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +25,17 @@ import anyio
 
 import modelrepo
 from modelrepo import ModelEntry, ModelRepositoryError, VersionPolicy, version_key
-from service import cuda, metrics, provenance
+from service import metrics, provenance
 from service.dataplane import Batching, load_model
 from service.errors import InvalidInput, ModelNotFound, ServingError, echo
 from service.registry import Registry
-from service.runtime import CUDA, Runtime, StartRefused
+from service.runtime import Runtime, StartRefused
+from service.served_state import Report, SharedFiles, State, check, identity, initial, scan
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
 WATCH_S = 0.1  # how often a worker looks at the state file: one stat of a small file
 CONVERGE_POLL_S = 0.05
-STATE_FILE = "state.json"
 
 
 class ControlRefused(ServingError):
@@ -58,125 +54,6 @@ class NotConverged(ServingError):
     """Not every worker serves the new state within TINYSERVE_CONTROL_WAIT_SECONDS."""
 
     status = 503
-
-
-@dataclass(frozen=True)
-class State:
-    """What every worker serves: generation n, the versions per model, how they were chosen, the last failure."""
-
-    generation: int = 0
-    models: dict[str, list[str]] = field(default_factory=dict)
-    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-
-    def wanted(self) -> set[tuple[str, str]]:
-        return {(name, version) for name, versions in self.models.items() for version in versions}
-
-    def moved(self, **changes: Any) -> State:
-        return State(**(asdict(self) | changes | {"generation": self.generation + 1}))
-
-
-@dataclass(frozen=True)
-class Report:
-    """One worker's word: the generation it has applied and what it serves."""
-
-    pid: int
-    generation: int
-    served: dict[str, list[str]]
-    failures: dict[str, str]
-
-
-class SharedFiles:
-    """The control directory: state.json (the state), lock, workers/<pid>.json (each worker's report)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.workers = directory / "workers"
-        self.workers.mkdir(parents=True, exist_ok=True)
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        with (self.directory / "lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-            yield
-
-    def read(self) -> State | None:
-        try:
-            return State(**json.loads((self.directory / STATE_FILE).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return None
-
-    def stamp(self) -> tuple[int, int]:
-        """Changes whenever the state is replaced (a new inode each time)."""
-        try:
-            stat = (self.directory / STATE_FILE).stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return (stat.st_ino, stat.st_mtime_ns)
-
-    def write(self, state: State) -> None:
-        _replace(self.directory / STATE_FILE, asdict(state))
-
-    def report(self, report: Report) -> None:
-        _replace(self.workers / f"{report.pid}.json", asdict(report))
-
-    def reports(self) -> list[Report]:
-        """The reports of the workers alive now; a dead worker's report is removed."""
-        found = []
-        for path in sorted(self.workers.glob("*.json")):
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                report = Report(**json.loads(path.read_text(encoding="utf-8")))
-                if _alive(report.pid):
-                    found.append(report)
-                else:
-                    path.unlink(missing_ok=True)
-        return found
-
-
-def _replace(path: Path, data: dict[str, Any]) -> None:
-    """Write whole or not at all: a temporary file beside it, then one rename."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=".json", delete=False) as f:
-        json.dump(data, f)
-    os.replace(f.name, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def scan(root: Path) -> dict[str, dict[str, ModelEntry | str]]:
-    """Every version in the repository, by name: its entry, or the sentence saying why its card is unusable."""
-    found: dict[str, dict[str, ModelEntry | str]] = {}
-    for directory in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.parent.name.startswith(".")):
-        name, version = directory.parent.name, directory.name
-        try:
-            card = modelrepo.read_card(directory)
-            if (card.name, card.version) != (name, version):
-                raise ModelRepositoryError(f"{directory}: its card names {card.name}/{card.version}")
-            found.setdefault(name, {})[version] = ModelEntry(card, directory)
-        except ModelRepositoryError as e:
-            found.setdefault(name, {})[version] = str(e)
-    return found
-
-
-def check(entry: ModelEntry | str, runtime: Runtime, keys: list[Path]) -> None:
-    """The start-up preflight for one version: sha256 against its card, signed by a trusted key (when keys are
-    set), a kind of model, CUDA proven by a probe."""
-    if isinstance(entry, str):
-        raise ModelRepositoryError(entry)
-    modelrepo.verify(entry)
-    provenance.verify(entry, keys)
-    _ = entry.card.kind
-    if runtime.provider == CUDA:
-        result = cuda.probe([entry.model_path], runtime.provider_options)
-        if not result.ok:
-            raise StartRefused(f"{entry.model_path}: CUDA cannot run it: {result.reason}")
 
 
 class Controller:
@@ -210,14 +87,14 @@ class Controller:
         """Load the current state (a fresh server: the start-up entries, as each model's policy picks them)."""
         by_key = {(e.name, e.version): e for e in entries}
         if self.mode == "none":  # as always: what the start-up checked, and a worker that cannot load it fails
-            self.state = _initial(self.root, entries)
+            self.state = initial(self.root, entries)
             for key in sorted(self.state.wanted()):
                 self.registry.put(load_model(by_key[key], self.runtime, self.batching))
             return
         with self.files.lock():
             state = self.files.read()
             if state is None:
-                state = _initial(self.root, entries)
+                state = initial(self.root, entries)
                 self.files.write(state)
         current = scan(self.root)
         failures: dict[str, str] = {}
@@ -322,7 +199,7 @@ class Controller:
         passing = []
         for version in chosen:
             entry = found[version]
-            key = _identity(entry)
+            key = identity(entry)
             if key not in self._checked:
                 try:
                     check(entry, self.runtime, self.keys)
@@ -470,25 +347,6 @@ class Controller:
         if name in self.state.failures:
             described["load_failure"] = self.state.failures[name]
         return described
-
-
-def _initial(root: Path, entries: list[ModelEntry]) -> State:
-    """A fresh server's state: each model's start-up versions as its policy picks them."""
-    models: dict[str, list[str]] = {}
-    policies: dict[str, dict[str, Any]] = {}
-    for name in sorted({e.name for e in entries}):
-        policy = modelrepo.read_policy(root, name)
-        models[name] = policy.select([e.version for e in entries if e.name == name])
-        policies[name] = policy.to_dict()
-    return State(1, {k: v for k, v in models.items() if v}, policies)
-
-
-def _identity(entry: ModelEntry | str) -> tuple[str, str, str]:
-    if isinstance(entry, str):
-        return (entry, "", "")
-    with contextlib.suppress(FileNotFoundError):
-        return (str(entry.directory), entry.card.sha256, str(entry.model_path.stat().st_mtime_ns))
-    return (str(entry.directory), entry.card.sha256, "missing")
 
 
 def _refusal(mode: str, call: str) -> str:
