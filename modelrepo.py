@@ -337,6 +337,15 @@ def read_policy(root: Path, name: str) -> VersionPolicy:
     return VersionPolicy.from_dict(raw["version_policy"], str(path))
 
 
+def served_by_policy(root: Path, entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The entries each model's version policy picks (discover's order kept); the others are not checked or served."""
+    chosen = set()
+    for name in {e.name for e in entries}:
+        versions = read_policy(root, name).select([e.version for e in entries if e.name == name])
+        chosen |= {(name, version) for version in versions}
+    return [e for e in entries if (e.name, e.version) in chosen]
+
+
 def next_version(root: Path, name: str) -> str:
     """One more than the highest numeric version of `name` in the repository ("1" for a new model)."""
     numbers = [int(p.name) for p in (root / name).glob("*") if p.is_dir() and p.name.isdigit()]

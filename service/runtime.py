@@ -182,7 +182,7 @@ def preflight(settings: Settings, *, inherited: str | None = None) -> tuple[list
     `bentoml build`) stop at once with the reason instead. A worker gets its server's decision
     (`inherited`) and neither probes nor logs again.
     """
-    entries = modelrepo.discover(settings.models_dir)
+    entries = modelrepo.served_by_policy(settings.models_dir, modelrepo.discover(settings.models_dir))
     if not entries:
         raise modelrepo.ModelRepositoryError(f"{settings.models_dir}: no models found")
     keys = provenance.trusted_keys(settings.trusted_keys)

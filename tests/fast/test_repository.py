@@ -22,7 +22,7 @@ from service.lifecycle import Lifecycle
 from service.machine import Shape
 from service.middleware import GuardMiddleware
 from service.registry import Registry
-from service.runtime import Runtime
+from service.runtime import Runtime, start_up
 from service.settings import Settings
 from tests.fast.conftest import RUNTIME
 from tests.repository import keypair, publish, repository, set_policy
@@ -215,3 +215,13 @@ def test_a_version_that_fails_in_the_worker_leaves_every_worker_as_it_was(explic
     metadata = explicit.get("/v2/models/linear").json()
     assert (metadata["versions"], metadata["version_policy"]) == (["1"], {"all": {}})
     assert _version(explicit) == "1"
+
+
+def test_the_start_checks_the_versions_the_policy_serves(root: Path) -> None:
+    publish(root, "linear", corrupt=True)
+    settings = Settings(models_dir=root, workers=1, threads=1)
+    with pytest.raises(SystemExit):  # every version serves: the corrupted one refuses the start
+        start_up(settings, serving=False)
+    set_policy(root, "linear", {"specific": {"versions": [1]}})
+    start = start_up(settings, serving=False)  # version 2 neither serves nor is checked
+    assert [(e.name, e.version) for e in start.entries] == [("blobs", "1"), ("linear", "1")]
