@@ -160,6 +160,8 @@ def test_tritonclient_loads_and_a_restarted_worker_serves_the_current_state(
     try:
         client.load_model("linear")
         assert client.get_model_metadata("linear")["versions"] == [version]
+        v1 = httpx.get(f"{server.url}/v1/models/linear", timeout=30).json()
+        assert (v1["version"], v1["versions"]) == (version, [version])  # the typed catalog says the same
         victim = next(iter(_reports(control, until=lambda r: len(r) == 2)))
         os.kill(victim, signal.SIGKILL)  # BentoML starts another worker in its place
         reports = _reports(control, until=lambda r: len(r) == 2 and victim not in r)
@@ -202,6 +204,7 @@ def test_poll_mode_serves_a_published_signed_version_on_every_worker(tmp_path: P
         assert all(w["served"] == {"linear": [version]} for w in reports.values())  # the bad one never served
         failure = httpx.get(f"{server.url}/v2/models/linear", timeout=30).json()["load_failure"]
         assert failure.startswith(f"version {corrupt} of 'linear' was not loaded: ") and "sha256 mismatch" in failure
+        assert failure in server.output()  # and the log says it, in the same sentence
         r = httpx.post(f"{server.url}/v2/repository/models/linear/unload", json={}, timeout=30)
         assert (r.status_code, r.json()["error"]) == (
             409,

@@ -89,7 +89,9 @@ def test_index_says_what_is_served_and_what_is_not(explicit: TestClient, root: P
     assert len(explicit.post("/v2/repository/index", json={"ready": True}).json()) == 2
 
 
-def test_a_corrupted_version_is_refused_and_the_served_one_keeps_serving(explicit: TestClient, root: Path) -> None:
+def test_a_corrupted_version_is_refused_and_the_served_one_keeps_serving(
+    explicit: TestClient, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     publish(root, "linear", corrupt=True)
     r = explicit.post("/v2/repository/models/linear/load", json={})
     assert r.status_code == 400
@@ -98,6 +100,7 @@ def test_a_corrupted_version_is_refused_and_the_served_one_keeps_serving(explici
     assert "sha256 mismatch" in error and error.endswith("; serving 1")
     assert _version(explicit) == "1"
     assert explicit.get("/v2/models/linear").json()["load_failure"] == error
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [error]
     assert explicit.post("/v2/repository/index").json()[-1] == {
         "name": "linear",
         "version": "2",
