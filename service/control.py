@@ -175,6 +175,9 @@ class Controller:
         with self.files.lock():
             state = self.files.read() or State()
             found = scan(self.root)
+            if not found:  # an unmounted or unreadable volume looks empty: never unload everything for it
+                logger.error("%s: the repository is empty or unreadable; serving what serves", self.root)
+                return
             models: dict[str, list[str]] = {}
             policies: dict[str, dict[str, Any]] = {}
             failures: dict[str, str] = {}  # each scan says afresh what fails

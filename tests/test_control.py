@@ -210,6 +210,10 @@ def test_poll_mode_serves_a_published_signed_version_on_every_worker(tmp_path: P
             409,
             "model unload is not allowed with TINYSERVE_MODEL_CONTROL=poll: the repository decides what is served",
         )
+        root.rename(tmp_path / "unmounted")  # the volume goes away: what serves keeps serving
+        _reports(control, until=lambda r: f"{root}: the repository is empty or unreadable" in server.output())
+        r = httpx.post(f"{server.url}/v2/models/linear/infer", json=X, timeout=30)
+        assert (r.status_code, r.json()["model_version"]) == (200, version)
 
 
 @pytest.mark.timeout(180)
