@@ -26,7 +26,7 @@ from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
 IMAGE_UID = int(re.search(r"set bento__uid_gid = (\d+)", (REPO / "deploy/image/Dockerfile.j2").read_text())[1])  # type: ignore[index]
-TARGETS = ["base", "overlays/gpu", "kserve"]
+TARGETS = ["base", "overlays/gpu", "overlays/model-repository", "kserve"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = "tinyserve-api-token"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
@@ -93,6 +93,8 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
         if target == "kserve"
         else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"]
     )
+    if target == "overlays/model-repository":
+        expected.append("PersistentVolumeClaim")  # the shared repository the pods poll
     assert sorted(kinds) == sorted(expected)
 
 
@@ -284,3 +286,13 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
         metrics = httpx.get(f"{server.url}/metrics", headers=scraper, timeout=30).text  # files under BENTOML_HOME
         assert 'tinyserve_rows_inferred_total{model="linear",version="1"} 1.0' in metrics
         assert "Read-only file system" not in server.output()
+
+
+def test_the_model_repository_overlay_polls_a_shared_volume_read_only() -> None:
+    target = "overlays/model-repository"
+    env = settings_env(target)
+    assert (env["TINYSERVE_MODELS_DIR"], env["TINYSERVE_MODEL_CONTROL"]) == ("/models", "poll")
+    (mount,) = [m for m in container(target)["volumeMounts"] if m["mountPath"] == "/models"]
+    (volume,) = [v for v in pod_spec(target)["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["claimName"] == "tinyserve-models"
+    assert one(target, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadOnlyMany"]
