@@ -21,7 +21,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import FileBasedDatasource
 
 from client import formats
-from client.backends import Backend, LocalBackend, ModelKind, RemoteBackend, ServerUnavailable
+from client.backends import Backend, LocalBackend, Model, RemoteBackend, ServerUnavailable
 from client.scorer import chunk_records
 
 logger = logging.getLogger("tinyserve.client")
@@ -142,7 +142,7 @@ class _RoundRobin:
                 logger.warning("leaving out %s: %s", url, e)
         if not self.backends:
             raise ServerUnavailable(f"none of {', '.join(servers.urls)} answered")
-        self.kind: ModelKind = self.backends[0].kind
+        self.model: Model = self.backends[0].model
         self.turn = 0
 
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
