@@ -185,9 +185,11 @@ class RemoteBackend:
         retries: int,
         backoff: float = 0.5,
         token: str | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+        self.owned = http is None  # a client handed in (e.g. one bound to an app in process) stays its owner's
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
         self.protocol = protocol
         self._send = retry(
             retry=retry_if_exception(_retryable),
@@ -235,7 +237,8 @@ class RemoteBackend:
         return model.records(v2.read_answer(response.content, response.headers)[model.output])
 
     def close(self) -> None:
-        self.http.close()
+        if self.owned:
+            self.http.close()
 
 
 def _describe(error: BaseException) -> str:

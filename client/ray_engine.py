@@ -109,7 +109,7 @@ class RayEngine:
         actors = max(1, min(actors, chunks.chunks))  # an actor with no chunk to score only costs its start
         # Reads ask for no CPU of their own: with every CPU held by an actor they could not be scheduled
         # (a deadlock); they are bounded by `concurrency` instead.
-        dataset = ray.data.read_datasource(chunks, num_cpus=0, concurrency=max(1, min(cpus, len(chunks.starts))))
+        dataset = ray.data.read_datasource(chunks, num_cpus=0, concurrency=max(1, min(cpus, len(chunks.files))))
         with warnings.catch_warnings():  # Ray 2.60 deprecates passing these with no replacement yet
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             return dataset.map(
@@ -213,9 +213,9 @@ def _new_source(
 ) -> Any:
     try:
         return ray_tasks.ChunkSource(paths, shape, chunk_rows, columns)
-    except ValueError as e:  # Ray found no file with an input extension
+    except ray_tasks.NoInputFiles:
         suffixes = ", ".join(formats.INPUTS)
-        raise formats.FormatError(f"{source}: no input files ({suffixes}) found ({e})") from None
+        raise formats.FormatError(f"{source}: no input files ({suffixes}) found") from None
 
 
 def _write(dataset: Any, output: Path, layout: formats.Layout, total: int, quiet: bool) -> Summary:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from tqdm import tqdm
 
@@ -81,6 +82,7 @@ class Scorer:
     token: str | None = None
     columns: list[str] | None = None
     quiet: bool = False
+    http: httpx.Client | None = None  # the HTTP client to send with (default: one of its own, for `url`)
     _backend: Backend | None = field(default=None, init=False, repr=False)
 
     def backend(self) -> Backend:
@@ -96,6 +98,7 @@ class Scorer:
                     retries=self.retries,
                     backoff=self.backoff,
                     token=self.token,
+                    http=self.http,
                 )
             else:
                 raise ValueError("give a server --url, or --local to score in process")
