@@ -7,7 +7,7 @@ and runs the model, and the answer is encoded back; large bodies are worked on a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -104,18 +104,27 @@ INFER_DOC: dict[str, Any] = {
 
 async def _infer(plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool) -> Response:
     plane.model(name, version)  # an unknown model is refused before its body is read
+    content, headers = await answer(plane, name, version, await request.body(), request.headers, timing_on)
+    return Response(content, headers=headers)
+
+
+async def answer(
+    plane: DataPlane, name: str, version: str | None, body: bytes, headers: Mapping[str, str], timing_on: bool
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 inference request's body and headers -> the answer's body and headers (service.fastpath serves it)."""
     timing = Timing()
-    body = await request.body()
     with timing.measure("parse"):
-        parsed, binary, heavy = await decode_request(body, request.headers.get(tensors.HEADER))
+        parsed, binary, heavy = await decode_request(body, headers.get(tensors.HEADER))
     result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
     with timing.measure("encode"):
         content, json_length = await encode(result)
-    headers = {"server-timing": timing.header()} if timing_on else {}
+    out = {"server-timing": timing.header()} if timing_on else {}
     if json_length is None:
-        return Response(content, media_type="application/json", headers=headers)
-    headers["inference-header-content-length"] = str(json_length)
-    return Response(content, media_type="application/octet-stream", headers=headers)
+        return content, out | {"content-type": "application/json"}
+    return content, out | {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(json_length),
+    }
 
 
 async def decode_request(body: bytes, header_length: str | None) -> tuple[tensors.InferenceRequest, memoryview, bool]:
