@@ -19,10 +19,10 @@ DTYPES = {datatype: np.dtype(name).newbyteorder("<") for name, datatype in DATAT
 
 
 def binary_request(
-    x: np.ndarray, outputs: Sequence[str] = (), *, input_name: str = "x"
+    x: np.ndarray, outputs: Sequence[str] = (), *, input_name: str = "x", binary_output: bool = True
 ) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of an infer request with `x` as one binary input, its answer asked for in binary:
-    the named `outputs`, or every output when none is named."""
+    """The body and headers of an infer request with `x` as one binary input, its answer asked for in binary
+    (unless `binary_output` is False: then as JSON): the named `outputs`, or every output when none is named."""
     x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
     request: dict[str, object] = {
         "inputs": [
@@ -35,8 +35,9 @@ def binary_request(
         ]
     }
     if outputs:
-        request["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    else:
+        parameters = {"parameters": {"binary_data": True}} if binary_output else {}
+        request["outputs"] = [{"name": name} | parameters for name in outputs]
+    elif binary_output:
         request["parameters"] = {"binary_data_output": True}
     header = json.dumps(request).encode()
     headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
