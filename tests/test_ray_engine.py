@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -195,9 +196,8 @@ def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(
         runner = threading.Thread(target=run)
         runner.start()
         assert FlakyProxy.held.wait(timeout=300), errors or "no request reached the proxy"
-        victims = _actors()
-        assert len(victims) == 2, victims
-        while FlakyProxy.forwarded < FlakyProxy.hold_after + len(victims):  # each actor holds a chunk
+        port = int(proxy.rsplit(":", 1)[1])
+        while len(victims := _waiting_on(port)) < 2:  # both actors of the pool hold a chunk, held by the proxy
             assert runner.is_alive(), errors
             FlakyProxy.released.wait(0.05)
         os.kill(victims[0].pid, signal.SIGKILL)
@@ -207,6 +207,22 @@ def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(
     assert not errors, errors
     assert output.read_bytes() == expected  # every row once, in order, as the threads engine wrote it
     assert FlakyProxy.forwarded > 40  # the killed actor's chunk was sent again
+
+
+def _waiting_on(port: int) -> list[psutil.Process]:
+    """The pool's actors with a request open to `port` (the proxy answers one request per connection)."""
+    return [
+        actor
+        for actor in _actors()
+        if any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in _tcp(actor))
+    ]
+
+
+def _tcp(process: psutil.Process) -> list[Any]:
+    try:
+        return list(process.net_connections("tcp"))
+    except psutil.Error:  # an actor that has just exited
+        return []
 
 
 def _actors() -> list[psutil.Process]:
