@@ -17,7 +17,6 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from bentoml._internal.configuration.containers import BentoMLContainer
 
 from service.server import REQUEST_TIMEOUT_S
 from service.settings import Settings
@@ -31,6 +30,8 @@ KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = "tinyserve-api-token"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
 TOKEN_FILES = {"TINYSERVE_API_TOKEN_FILE": "token", "TINYSERVE_METRICS_TOKEN_FILE": "metrics-token"}
+# The image runs `bentoml serve` with no --port (deploy/image/Dockerfile.j2): BentoML's documented default port.
+IMAGE_PORT = 3000
 
 
 @cache
@@ -237,7 +238,9 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> N
 def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
     serving = container(target)
     (port,) = serving["ports"]
-    assert port["containerPort"] == BentoMLContainer.http.port.get() == 3000  # where the image's server listens
+    dockerfile = (REPO / "deploy" / "image" / "Dockerfile.j2").read_text()
+    assert port["containerPort"] == IMAGE_PORT and f"EXPOSE {IMAGE_PORT}\n" in dockerfile  # where its server listens
+    assert "BENTOML_PORT" not in {e["name"] for e in serving.get("env", [])}  # nothing moves it elsewhere
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         check = serving[probe]["httpGet"]
         assert check["port"] in (port["containerPort"], port.get("name"))
