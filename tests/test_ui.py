@@ -311,6 +311,7 @@ def test_every_models_card_is_shown_readably_with_its_pictures(desktop: Visit, h
             assert image.evaluate("img => img.getBoundingClientRect().width") >= 300  # a picture, not a thumbnail
     blobs = page.locator("article[data-model='blobs']").inner_text()
     assert "P(label 1) at (−1, 1)" in blobs and "largest difference, ONNX against PyTorch" in blobs
+    assert "(1, 1), (-1, -1), (1, -1), (-1, 1)" in blobs  # the cluster centres, as points
 
 
 @pytest.mark.parametrize("width", [320, 360, 375, 390, 414, 430])
@@ -409,6 +410,7 @@ def test_errors_are_shown_in_the_servers_words_and_the_page_goes_on(
         refusal = http.post("/v1/linear/predict", json={"x": [1e31]})
         page.wait_for_selector("#linear-error:not([hidden])")
         assert page.text_content("#linear-error") == f"{refusal.status_code}: {refusal.json()['error']}"
+        assert page.locator("#line-chart .mark").count() == 0  # no answer, no point drawn for it
         assert axe_violations(page) == []
         visit.screenshot("error")
         assert all(REFUSED.match(m) for m in visit.console), visit.console  # the refusals themselves, nothing else
