@@ -61,7 +61,7 @@ class _Connection:
 
 
 LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, max_header_bytes=32 * 1024)
-_last_warning = 0.0
+_last_warning = _last_sweep = 0.0
 _files_at_start = 0  # files the worker holds besides its connections (libraries, sockets, logs)
 
 
@@ -224,12 +224,13 @@ def _refuse(protocol: Any, status: int, message: str) -> None:
 
 def _check_file_limit(protocol: Any) -> None:
     """Near the file limit: say so (at most every 10 s), and close the connections that only wait."""
-    global _last_warning
+    global _last_warning, _last_sweep
     open_now = len(protocol.connections)
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     room = soft - _files_at_start
-    if open_now < room - max(16, HEADROOM * room):
-        return
+    if open_now < room - max(16, HEADROOM * room) or time.monotonic() - _last_sweep < 1:
+        return  # at most one sweep a second: each walks every connection
+    _last_sweep = time.monotonic()
     idle = [
         other
         for other in list(protocol.connections)
