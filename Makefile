@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-gpu lint format train bench fuzz soak attack clean system-deps lock image image-cuda
+.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak attack clean system-deps lock image image-cuda
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,8 +57,19 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps lint  ## install everything, lint, run the whole test suite
-	$(BIN)/pytest
+# axe-core for the playground's accessibility tests, from npm at the version of tests/ui/package-lock.json.
+AXE := tests/ui/node_modules/axe-core/axe.min.js
+$(AXE): tests/ui/package.json tests/ui/package-lock.json
+	@command -v npm >/dev/null || { echo "make test: npm is missing (Node.js 18+ with npm installs axe-core)" >&2; exit 2; }
+	npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps $(AXE) lint  ## install everything, lint, run both tiers (in process, then real processes)
+	$(BIN)/pytest -m "not process"
+	$(BIN)/pytest -m "process and not gpu"
+
+test-fast: $(VENV)/.all  ## the in-process tier alone: every route, error, contract and V2 case on the real ASGI app (seconds)
+	$(BIN)/pytest -m "not process"
 
 # The GPU checks get a virtualenv of their own: onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries as
 # wheels (~2 GB) in place of onnxruntime (both install the package `onnxruntime`).
@@ -87,8 +98,26 @@ format: $(VENV)/.all  ## apply ruff's fixes and formatting
 train: $(VENV)/.all  ## retrain and re-export all four models into models/
 	$(BIN)/python -m training
 
-bench: $(VENV)/.all  ## measure serving and its scaling over worker/thread shapes against raw ONNX Runtime and a FastAPI peer (minutes; not in make test)
+bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread shapes, then against the frameworks (bench-peers)
 	$(BIN)/python -m benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.peers $(ARGS)
+
+# The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (every
+# package pinned: a `pip freeze` of what requirements.in, the framework and onnxruntime, installed)
+# in a virtualenv of its own, .venv-peers/NAME: their pins clash with each other and with tinyserve's.
+PEERS      := fastapi litserve mlserver kserve ray_serve bentoml
+PEER_VENVS ?= .venv-peers
+$(PEER_VENVS)/%/.installed: benchmarks/peers/%/requirements.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/pip install --quiet -r $<
+	@touch $@
+
+peers: $(foreach p,$(PEERS),$(PEER_VENVS)/$(p)/.installed)  ## install the frameworks of bench-peers into .venv-peers/ (~2 GB)
+
+bench-peers: $(VENV)/.all peers  ## tinyserve against FastAPI, LitServe, MLServer, KServe, Ray Serve, BentoML (3 rounds, ~15 min)
+	$(BIN)/python -m benchmarks.peers $(ARGS)
 
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)
 	TINYSERVE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/test_hardening.py -k "contract or framings" -p no:cacheprovider
@@ -118,4 +147,4 @@ lock: $(VENV)/.all  ## lock requirements/serve*.txt into requirements/*.lock.txt
 	$(LOCK) $(ARGS) requirements/serve-cuda.txt -o requirements/serve-cuda.lock.txt
 
 clean:  ## remove the virtual environment, caches and build/ (wheelhouses, temporary build contexts)
-	rm -rf $(VENV) $(GPU_VENV) $(CHECKOV_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) $(CHECKOV_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -6,6 +6,7 @@ nothing beyond the standard library so that every side can use it without torch 
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -26,17 +27,68 @@ class ModelRepositoryError(Exception):
     """A model directory is missing, malformed, or does not match its card."""
 
 
+# numpy's dtype names (the card's) -> the Open Inference Protocol's datatypes
+DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+class ModelKind(enum.Enum):
+    """What a model is, read off its card: it decides the typed route's request and answer."""
+
+    REGRESSION = "regression"  # rows of features -> one number a row
+    BINARY = "binary-classification"  # rows of features -> P(label 1) a row
+    MULTICLASS = "multiclass-classification"  # rows of features -> logits over the card's labels
+    IMAGE = "image-classification"  # [N, 1, H, W] pictures, pixels in [0, 1] -> logits over the labels
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named input or output of a model; -1 marks the dynamic batch axis."""
+    """One named input or output of a model; -1 marks the dynamic batch axis.
+
+    `range` is an input's rule on values, [low, high] and finite; None: any finite number up to MAX_MAGNITUDE.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    range: tuple[float, float] | None = None
+
+    @property
+    def datatype(self) -> str:
+        """The Open Inference Protocol's name of the dtype (FP32, INT64, ...)."""
+        return DATATYPES.get(self.dtype, self.dtype.upper())
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return self.range if self.range is not None else (-MAX_MAGNITUDE, MAX_MAGNITUDE)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.range is not None:
+            d["range"] = list(self.range)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(s) for s in d["shape"]))
+        bounds = d.get("range")
+        value_range = (float(bounds[0]), float(bounds[1])) if bounds is not None else None
+        if value_range is not None and not value_range[0] <= value_range[1]:
+            raise ValueError(f"tensor {d['name']!r}: range {list(value_range)} is empty")
+        return cls(
+            name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(s) for s in d["shape"]), range=value_range
+        )
 
 
 @dataclass(frozen=True)
@@ -64,14 +116,45 @@ class ModelCard:
     @property
     def input_range(self) -> tuple[float, float]:
         """The one rule on input values, the same on every route and in the client: [low, high], finite."""
-        if self.task == "multiclass-classification":  # LeNet: a picture, ink high
-            return 0.0, 1.0
-        return -MAX_MAGNITUDE, MAX_MAGNITUDE
+        return self.inputs[0].value_range
+
+    @property
+    def kind(self) -> ModelKind:
+        """The kind of model, from the task and the input's shape; ModelRepositoryError if none fits."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise ModelRepositoryError(
+                f"{self.name}/{self.version}: expected one input and one output, "
+                f"the card has {len(self.inputs)} and {len(self.outputs)}"
+            )
+        (spec_in,), (spec_out,) = self.inputs, self.outputs
+        try:
+            task = ModelKind(self.task)
+        except ValueError:
+            known = ", ".join(k.value for k in ModelKind if k is not ModelKind.IMAGE)
+            raise ModelRepositoryError(
+                f"{self.name}/{self.version}: unknown task {self.task!r}; expected {known}"
+            ) from None
+        if task is ModelKind.MULTICLASS and len(spec_in.shape) == 4 and spec_in.shape[1] == 1:
+            task = ModelKind.IMAGE  # [N, 1, H, W]: grayscale pictures
+        elif len(spec_in.shape) != 2:
+            raise ModelRepositoryError(
+                f"{self.name}/{self.version}: input {spec_in.name!r} has shape {list(spec_in.shape)}; "
+                "expected [-1, features] (or [-1, 1, height, width] for pictures)"
+            )
+        width = 1 if task in (ModelKind.REGRESSION, ModelKind.BINARY) else len(self.labels or ())
+        if task is not ModelKind.REGRESSION and len(self.labels or ()) < 2:
+            raise ModelRepositoryError(f"{self.name}/{self.version}: a classifier's card needs its labels")
+        if len(spec_out.shape) != 2 or spec_out.shape[1] != width:
+            raise ModelRepositoryError(
+                f"{self.name}/{self.version}: output {spec_out.name!r} has shape {list(spec_out.shape)}; "
+                f"expected [-1, {width}] for {self.task}"
+            )
+        return task
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]
-        d["outputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.outputs]
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
         d["labels"] = list(self.labels) if self.labels is not None else None
         return d
 
@@ -168,7 +251,7 @@ def verify(entry: ModelEntry) -> None:
         )
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
 
@@ -186,7 +269,7 @@ def discover(root: Path) -> list[ModelEntry]:
                 f"{directory.parent.name}/{directory.name}"
             )
         entries.append(ModelEntry(card=card, directory=directory))
-    return sorted(entries, key=lambda e: (e.name, _version_key(e.version)))
+    return sorted(entries, key=lambda e: (e.name, version_key(e.version)))
 
 
 def latest(entries: list[ModelEntry]) -> dict[str, ModelEntry]:

@@ -1,61 +1,162 @@
-"""Adaptive batching of validated rows, by BentoML's own dispatcher.
+"""Adaptive batching without a timer: requests that arrive together share one ONNX Runtime call.
 
-BentoML's `batchable=True` APIs cannot take a Pydantic model (every request fails with 500), and the
-typed routes must. So the routes validate first, then hand their rows to `CorkDispatcher`, the engine
-behind `batchable` APIs: it learns the model's latency, merges queued requests up to `max_batch_rows`
-rows (splitting a request that does not fit), and sheds requests that waited past `max_latency_ms`.
+A request that finds its model idle is run after one turn of the event loop, in which every request
+already read joins it; requests that arrive while a call runs queue, and the next call takes them all, up
+to `max_rows` rows. Nothing waits for company that is not coming: a lone request pays one loop turn
+(microseconds), and under load the batches grow by themselves with the model's own latency, as Triton's
+dynamic batcher does with no queue delay. A request that waited in the queue past `max_wait_s` is shed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import anyio
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
-from bentoml.exceptions import ServiceUnavailable
 
-from service.runtime import LoadedModel
+from service.errors import Unavailable
+from service.timing import Timing
+
+SHED = "the server is overloaded: a request waited longer than TINYSERVE_MAX_LATENCY_MS"
 
 
-def _shed() -> NoReturn:
-    raise ServiceUnavailable("the server is overloaded: a request waited longer than TINYSERVE_MAX_LATENCY_MS")
+@dataclass
+class _Job:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    timing: Timing | None
+    queued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
-    """`await batcher(x)` runs `model.run` on x, merged with whatever else is queued for this model."""
+    """`await batcher(x)` runs `run(x)`, merged with whatever else is queued for the same model."""
 
     def __init__(
-        self, model: LoadedModel, *, enabled: bool, max_rows: int, max_latency_ms: int, inline_values: int = 16384
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        enabled: bool = True,
+        max_rows: int = 256,
+        max_wait_s: float = 1.0,
+        inline_values: int = 16384,  # 16 LeNet images (~0.3 ms of ONNX Runtime): below, a thread hop costs more
     ) -> None:
-        self.model = model
+        self.run = run
         self.enabled = enabled
-        self.inline_values = inline_values  # 16 LeNet images (~0.3 ms of ONNX Runtime) or 16k rows of linear
         self.max_rows = max_rows
-        dispatcher = CorkDispatcher(
-            max_latency_in_ms=max_latency_ms,
-            max_batch_size=max_rows,
-            fallback=_shed,
-            get_batch_size=len,
-            batch_dim=(0, 0),
-        )
-        self._dispatch: Callable[[np.ndarray], Awaitable[np.ndarray]] = dispatcher(self._run_merged)  # type: ignore[arg-type,assignment]
-        self._limiter = anyio.CapacityLimiter(1)  # one ORT call per model at a time
+        self.max_wait_s = max_wait_s
+        self.inline_values = inline_values
+        self._pending: deque[_Job] = deque()
+        self._busy = False  # a call runs on a thread
+        self._scheduled = False
+        self._closed = False
+        self._running: asyncio.Task[None] | None = None
+        self._limiter = anyio.CapacityLimiter(1)  # one ONNX Runtime call per model at a time
 
-    async def __call__(self, x: np.ndarray) -> np.ndarray:
+    async def __call__(self, x: np.ndarray, timing: Timing | None = None) -> np.ndarray:
+        if self._closed:
+            raise Unavailable("this model version is being unloaded; send the request again")
         if not self.enabled or len(x) >= self.max_rows:  # a full batch by itself gains nothing from the queue
-            return await self._run(x)
-        return await self._dispatch(x)
+            return await self._direct(x, timing)
+        job = _Job(x, asyncio.get_running_loop().create_future(), timing)
+        self._pending.append(job)
+        self._schedule()
+        return await job.future
 
-    async def _run(self, x: np.ndarray) -> np.ndarray:
-        """Small calls run on the event loop: the hop to a thread costs more than they do."""
+    async def close(self) -> None:
+        """Refuse new requests, let those queued and running finish."""
+        self._closed = True
+        while self._pending or self._busy or self._scheduled:
+            if self._running is not None:
+                await self._running
+            else:
+                await asyncio.sleep(0)  # a flush is scheduled for this loop turn
+
+    async def _direct(self, x: np.ndarray, timing: Timing | None) -> np.ndarray:
+        started = time.perf_counter()
         if x.size <= self.inline_values:
-            return self.model.run(x)
-        return await anyio.to_thread.run_sync(self.model.run, x, limiter=self._limiter)
+            out = self.run(x)
+        else:
+            out = await anyio.to_thread.run_sync(self.run, x, limiter=self._limiter)
+        if timing is not None:
+            timing.add("run", time.perf_counter() - started)
+        return out
 
-    async def _run_merged(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
-        merged = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out = await self._run(merged)
-        bounds = np.cumsum([len(p) for p in parts])[:-1]
-        return np.split(out, bounds)
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._busy and self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _take(self) -> list[_Job]:
+        """The next call's jobs, oldest first, up to max_rows rows; those that waited too long are shed."""
+        jobs: list[_Job] = []
+        rows = 0
+        now = time.perf_counter()
+        while self._pending and rows + len(self._pending[0].x) <= self.max_rows:
+            job = self._pending.popleft()
+            if job.future.done():  # the client went away
+                continue
+            if now - job.queued > self.max_wait_s:
+                job.future.set_exception(Unavailable(SHED))
+                continue
+            if job.timing is not None:
+                job.timing.add("queue", now - job.queued)
+            jobs.append(job)
+            rows += len(job.x)
+        return jobs
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        jobs = self._take()
+        if not jobs:
+            self._schedule()
+            return
+        x = jobs[0].x if len(jobs) == 1 else np.concatenate([job.x for job in jobs])
+        if x.size > self.inline_values:
+            self._busy = True
+            self._running = asyncio.get_running_loop().create_task(self._on_thread(jobs, x))
+            return
+        self._finish(jobs, x, lambda: self.run(x))
+        self._schedule()
+
+    async def _on_thread(self, jobs: list[_Job], x: np.ndarray) -> None:
+        try:
+            started = time.perf_counter()
+            out: np.ndarray | BaseException
+            try:
+                out = await anyio.to_thread.run_sync(self.run, x, limiter=self._limiter)
+            except Exception as e:
+                out = e
+            self._finish(jobs, x, lambda: out, started)
+        finally:
+            self._busy = False
+            self._running = None
+            self._schedule()
+
+    @staticmethod
+    def _finish(
+        jobs: list[_Job], x: np.ndarray, result: Callable[[], np.ndarray | BaseException], started: float | None = None
+    ) -> None:
+        """Hand each job its rows of the output (or the call's error)."""
+        started = time.perf_counter() if started is None else started
+        try:
+            out = result()
+        except Exception as e:
+            out = e
+        took = time.perf_counter() - started
+        if isinstance(out, BaseException):
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(out)
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.x)
+            if job.timing is not None:
+                job.timing.add("run", took)
+            if not job.future.done():
+                job.future.set_result(out[start:end])
+            start = end

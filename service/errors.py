@@ -1,25 +1,75 @@
-"""Errors with their HTTP status, and the one envelope every error leaves the server in."""
+"""The data plane's typed errors, and the one envelope every error leaves the server in.
+
+Each error carries its HTTP status; the gRPC front door maps the same classes to its status codes. A
+front door never decides what is valid or what an error says: it translates these.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import re
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
-from bentoml.exceptions import BentoMLException
-from pydantic import ValidationError
 from starlette.responses import Response
 
-BENTOML_VALIDATION = re.compile(r"^\d+ validation errors? for ")
+MAX_ECHO = 80  # characters of a client's input an error sentence may quote
 
 
-class ApiError(BentoMLException):
-    """A client's mistake, answered with `status` and `message` (never a 500)."""
+class ServingError(Exception):
+    """A refusal with its sentence; `status` is the HTTP status a front door answers with."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message, error_code=HTTPStatus(status))
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or its values break the model's rule."""
+
+    status = 400
+
+
+class ModelNotFound(ServingError):
+    """No such model, or no such version of it."""
+
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class UnsupportedMedia(ServingError):
+    status = 415
+
+
+class Overloaded(ServingError):
+    """More work than the server takes at once: retry later (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+    status = 429
+
+
+class Unavailable(ServingError):
+    """Shutting down, not ready, or a queued request waited past its deadline."""
+
+    status = 503
+
+
+class Unimplemented(ServingError):
+    status = 501
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """A client's string as an error sentence may show it: cut to `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def echo(text: str, limit: int = MAX_ECHO) -> str:
+    """A client's string quoted (repr) in an error sentence, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def envelope(error: str, detail: list[Any] | None = None) -> bytes:
@@ -28,12 +78,14 @@ def envelope(error: str, detail: list[Any] | None = None) -> bytes:
 
 
 def error_response(status: int, message: str, detail: list[Any] | None = None) -> Response:
-    """The envelope as a response, for the FastAPI-mounted routes (service.v1, service.v2)."""
+    """The envelope as a response."""
     return Response(envelope(message, detail), status_code=status, media_type="application/json")
 
 
-def unknown_model(name: str, known: list[str]) -> Response:
-    return error_response(404, f"unknown model {name!r}: expected one of {', '.join(known)}")
+def refusal(error: ServingError, detail: list[Any] | None = None) -> Response:
+    response = error_response(error.status, error.message, detail)
+    response.headers.update(error.headers)
+    return response
 
 
 def normalise(status: int, body: bytes, method: str, path: str) -> bytes:
@@ -46,36 +98,14 @@ def normalise(status: int, body: bytes, method: str, path: str) -> bytes:
         data = data[0]  # BentoML answers a raised BentoMLException with a one-element list
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         detail = data.get("detail")
-        if BENTOML_VALIDATION.match(data["error"]) and isinstance(detail, list) and detail:
-            return envelope(_validation_message(detail), detail)  # "1 validation error for X" says little
         return envelope(data["error"], detail if isinstance(detail, list) else None)
     if status == 404:
-        return envelope(f"no such route: {method} {path}")
+        return envelope(f"no such route: {method} {clip(path)}")
     if status == 405:
-        return envelope(f"method {method} is not allowed on {path}")
+        return envelope(f"method {method} is not allowed on {clip(path)}")
     if isinstance(data, dict) and isinstance(data.get("detail"), str):  # FastAPI's HTTPException
         return envelope(data["detail"])
-    return envelope(HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error")
-
-
-def _validation_message(detail: list[dict[str, Any]]) -> str:
-    first = detail[0]
-    if first.get("type") == "invalid_request":  # already explained by schemas.Request
-        return str(first["msg"])
-    if first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('msg', '').removeprefix('Invalid JSON: ')}"
-    return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}" for d in detail[:3])
-
-
-class ClientErrorFilter(logging.Filter):
-    """BentoML logs every refused request at ERROR with a traceback; a client's mistake is not ours."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ValidationError):
-            return False
-        return not (isinstance(exc, BentoMLException) and exc.error_code < 500)
-
-
-def install_log_filter() -> None:
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+    try:
+        return envelope(HTTPStatus(status).phrase)
+    except ValueError:
+        return envelope("error")

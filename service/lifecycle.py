@@ -4,7 +4,7 @@ On SIGTERM (or SIGINT) the worker marks itself draining: `/readyz` and `/v2/heal
 new model requests get a clean 503 with `Connection: close`, while requests already in flight run to
 the end. After `TINYSERVE_DRAIN_SECONDS` the signal goes on to uvicorn, which stops accepting
 connections and waits for the rest. And a worker that exits for any other reason is logged by the server
-process with its cause (`watch_workers`): an OOM kill leaves no log of its own.
+process with its cause (`log_exit`, hooked into circus by service.compat): an OOM kill leaves no log of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -49,33 +48,8 @@ class Lifecycle:
 LIFECYCLE = Lifecycle()  # one per worker process
 
 
-def watch_workers() -> None:
-    """In the server process: log each worker that exits, with why (an OOM kill leaves no log of its own).
-
-    BentoML starts its workers under circus and restarts one that dies, silently. circus calls a watcher's
-    `after_reap` hook with the exit status of each process it reaps; the hook is added to every watcher as
-    BentoML hands them to circus (the arbiter, as service.listeners hooks it too; circus 0.19).
-    """
-    if "--fd" in sys.argv:
-        return  # a worker (BentoML hands it its socket as --fd): the server process watches
-    from bentoml._internal.utils import circus
-
-    create_arbiter: Callable[..., Any] = circus.create_standalone_arbiter
-    if getattr(create_arbiter, "watches_workers", False):
-        return
-
-    def create_standalone_arbiter(watchers: list[Any], *args: Any, **kwargs: Any) -> Any:
-        for watcher in watchers:
-            watcher.hooks["after_reap"] = _log_exit
-            watcher.ignore_hook_failure.append("after_reap")
-        return create_arbiter(watchers, *args, **kwargs)
-
-    create_standalone_arbiter.watches_workers = True  # type: ignore[attr-defined]
-    circus.create_standalone_arbiter = create_standalone_arbiter
-    logger.info("workers: each exit is logged with its cause")
-
-
-def _log_exit(watcher: Any, process_pid: int, exit_code: int | None = None, **_: Any) -> bool:
+def log_exit(watcher: Any, process_pid: int, exit_code: int | None = None, **_: Any) -> bool:
+    """circus's `after_reap` hook (service.compat installs it): one line per worker that exits, with why."""
     logger.log(*exit_cause(watcher.name, process_pid, exit_code))
     return True
 

@@ -7,15 +7,14 @@ talk to this server alone: nothing is fetched from, or sent to, anywhere else.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import compat
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 PATH = "/ui"
@@ -56,13 +55,10 @@ def banner() -> str:
 
 
 def _listening_url() -> str | None:
-    """`bentoml serve` hands each worker its listening socket as `--fd N`; ask that socket its address."""
-    try:
-        fd = int(sys.argv[sys.argv.index("--fd") + 1])
-        with socket.socket(fileno=os.dup(fd)) as listening:
-            host, port = listening.getsockname()[:2]
-    except (ValueError, IndexError, OSError):
+    address = compat.listening_address()
+    if address is None:
         return None
+    host, port = address
     if host in ("0.0.0.0", "::"):
         host = "localhost"
     return f"http://{host}:{port}"

@@ -25,7 +25,7 @@ import modelrepo
 from service import cuda, metrics
 from service.machine import Cores, Shape, available_cores, choose_shape
 from service.settings import Settings
-from service.tensors import TensorSpec, spec_from_onnx
+from service.tensors import ONNX_TYPES
 
 logger = logging.getLogger("bentoml.tinyserve")  # a child of bentoml's logger: its handlers, its format
 
@@ -100,56 +100,54 @@ class Runtime:
         return cls(Cores(**data.pop("cores")), Shape(**data.pop("shape")), **data)
 
 
-@dataclass
-class LoadedModel:
-    entry: modelrepo.ModelEntry
-    session: ort.InferenceSession
-    input_name: str
-    output_name: str
-    provider: str
-    provider_options: dict[str, str]  # the chosen options, as ONNX Runtime reports them for this session
-    inputs: list[TensorSpec]  # as ONNX Runtime reads them from the file
-    outputs: list[TensorSpec]
-    metrics: metrics.ModelMetrics
+class ModelSession:
+    """One version's ONNX Runtime session; `run` is the only place where `session.run` is called."""
 
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-    @property
-    def version(self) -> str:
-        return self.entry.version
+    def __init__(self, entry: modelrepo.ModelEntry, session: ort.InferenceSession, provider_options: dict[str, str]):
+        self.entry = entry
+        self.session = session
+        self.provider = session.get_providers()[0]
+        self.provider_options = provider_options  # the chosen options, as ONNX Runtime reports them
+        self.input_name = entry.card.inputs[0].name
+        self.output_names = [entry.card.outputs[0].name]
+        self.metrics = metrics.ModelMetrics(entry.name, entry.version)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        (out,) = self.session.run(self.output_names, {self.input_name: x})
         self.metrics.observe(rows=len(x), seconds=time.perf_counter() - started)
         result: np.ndarray = out
         return result
 
 
-def load_model(entry: modelrepo.ModelEntry, runtime: Runtime) -> LoadedModel:
+def _check_against_card(entry: modelrepo.ModelEntry, session: ort.InferenceSession) -> None:
+    """The file's inputs and outputs are the card's (name, datatype, rank): the card speaks for the file."""
+    for side, declared, actual in (
+        ("input", entry.card.inputs, session.get_inputs()),
+        ("output", entry.card.outputs, session.get_outputs()),
+    ):
+        got = [(a.name, ONNX_TYPES.get(a.type, a.type), len(a.shape)) for a in actual]
+        want = [(d.name, d.datatype, len(d.shape)) for d in declared]
+        if got != want:
+            raise modelrepo.ModelRepositoryError(
+                f"{entry.model_path}: the file's {side}s {got} do not match the card's {want}"
+            )
+
+
+def open_session(entry: modelrepo.ModelEntry, runtime: Runtime) -> ModelSession:
     """Verify the file against its card, open a session on the decided provider, warm it up."""
     modelrepo.verify(entry)
     session = ort.InferenceSession(str(entry.model_path), runtime.session_options(), providers=runtime.providers())
     active = session.get_providers()[0]
     if active != runtime.provider:  # the probe ran it on CUDA; this worker could not: refuse, loudly
         raise ProviderUnavailable(f"{entry.model_path}: the start-up probe ran on {runtime.provider}, got {active}")
+    _check_against_card(entry, session)
     reported = session.get_provider_options().get(active, {})
-    (spec_in,), (spec_out,) = entry.card.inputs, entry.card.outputs
-    model = LoadedModel(
-        entry,
-        session,
-        spec_in.name,
-        spec_out.name,
-        provider=active,
-        provider_options={key: reported.get(key, value) for key, value in runtime.provider_options.items()},
-        inputs=[spec_from_onnx(i.name, i.type, i.shape) for i in session.get_inputs()],
-        outputs=[spec_from_onnx(o.name, o.type, o.shape) for o in session.get_outputs()],
-        metrics=metrics.ModelMetrics(entry.name, entry.version),
-    )
+    options = {key: reported.get(key, value) for key, value in runtime.provider_options.items()}
+    model = ModelSession(entry, session, options)
+    spec_in, spec_out = entry.card.inputs[0], entry.card.outputs[0]
     warm = np.zeros((1, *spec_in.shape[1:]), dtype=np.float32)
-    out = model.session.run(None, {spec_in.name: warm})[0]
+    out = session.run(None, {spec_in.name: warm})[0]
     if out.shape != (1, *spec_out.shape[1:]):
         raise modelrepo.ModelRepositoryError(
             f"{entry.model_path}: warm-up output shape {out.shape} does not match the card's {spec_out.shape}"
@@ -175,26 +173,25 @@ def decide(settings: Settings, entries: list[modelrepo.ModelEntry]) -> Runtime:
     return Runtime(cores, shape, CPU, {}, fallback=result.reason)
 
 
-def preflight(settings: Settings) -> tuple[list[modelrepo.ModelEntry], Runtime]:
-    """Fail fast, before any worker starts: every model file matches its card, the provider runs.
+def preflight(settings: Settings, *, inherited: str | None = None) -> tuple[list[modelrepo.ModelEntry], Runtime]:
+    """Fail fast, before any worker starts: every model file matches its card and fits a kind, the provider runs.
 
     BentoML restarts a worker whose start-up fails, forever; decided here, `bentoml serve` (and
-    `bentoml build`) stop at once with the reason instead. The first process to decide (the server's
-    own) logs the decision and hands it to the workers through the environment.
+    `bentoml build`) stop at once with the reason instead. A worker gets its server's decision
+    (`inherited`) and neither probes nor logs again.
     """
     entries = modelrepo.discover(settings.models_dir)
     if not entries:
         raise modelrepo.ModelRepositoryError(f"{settings.models_dir}: no models found")
     for entry in entries:
         modelrepo.verify(entry)
-    inherited = os.environ.get(DECISION_ENV)
+        _ = entry.card.kind  # a card that fits no kind of model refuses the start here, not in every worker
     if inherited:
         return entries, Runtime.from_env(inherited)
     runtime = decide(settings, entries)
     if runtime.fallback:
         logger.warning("providers=auto: CUDA cannot run, serving on the CPU: %s", runtime.fallback)
     logger.info("runtime: %s", runtime.describe())
-    os.environ[DECISION_ENV] = runtime.to_env()
     return entries, runtime
 
 
@@ -217,11 +214,30 @@ def read_settings() -> Settings:
         )
 
 
-def start_up(settings: Settings) -> tuple[list[modelrepo.ModelEntry], Runtime]:
+@dataclass(frozen=True)
+class StartUp:
+    """Everything decided before any worker starts."""
+
+    settings: Settings
+    entries: list[modelrepo.ModelEntry]
+    runtime: Runtime
+
+
+def start_up(settings: Settings | None = None, *, serving: bool = True) -> StartUp:
+    """Read the settings, check the repository, decide the runtime; or refuse to start in one line.
+
+    `serving`: this is `bentoml serve`'s process or one of its workers, which inherit its environment:
+    the server's decision reaches the workers there. In-process callers (tests) pass False and leave
+    the environment alone.
+    """
+    settings = settings or read_settings()
     try:
-        return preflight(settings)
+        entries, runtime = preflight(settings, inherited=os.environ.get(DECISION_ENV) if serving else None)
     except (StartRefused, modelrepo.ModelRepositoryError) as reason:
         refuse_start(reason)
+    if serving:
+        os.environ[DECISION_ENV] = runtime.to_env()
+    return StartUp(settings, entries, runtime)
 
 
 def tune_gc() -> None:
@@ -236,24 +252,8 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 40)
 
 
-def load_repository(entries: list[modelrepo.ModelEntry], runtime: Runtime) -> dict[str, LoadedModel]:
-    """Every version of every model, verified and warmed; keyed by 'name' (latest) and 'name/version'."""
+def prepare_onnxruntime(runtime: Runtime) -> None:
+    """Once per worker, before its first session."""
     ort.set_default_logger_severity(3)  # errors only: e.g. CUDA's "some nodes were assigned to the CPU"
     if runtime.provider == CUDA:
         cuda.preload_libraries()
-    models: dict[str, LoadedModel] = {}
-    for entry in entries:
-        started = time.perf_counter()
-        model = load_model(entry, runtime)
-        models[f"{entry.name}/{entry.version}"] = models[entry.name] = model
-        metrics.set_provider(entry.name, entry.version, model.provider)
-        logger.info(
-            "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",
-            entry.name,
-            entry.version,
-            entry.model_path,
-            model.provider,
-            runtime.shape.threads,
-            (time.perf_counter() - started) * 1000,
-        )
-    return models

@@ -8,52 +8,20 @@ error names the field, what was expected and what came.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
-    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from modelrepo import MAX_MAGNITUDE  # the one rule on values, shared with V2 and the client
-
 MAX_ROWS = 4096  # rows per request on the tabular routes
-MAX_IMAGES = 256  # images per request on /v1/lenet/predict (a 32x32 image is ~8 KB of JSON)
-IMAGE_SIZES = (32, 28)  # 28x28 (MNIST-sized) images are zero-padded to 32x32
-
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
-Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
-
-
-def _square_image(image: list[list[float]]) -> list[list[float]]:
-    height, widths = len(image), {len(row) for row in image}
-    if height not in IMAGE_SIZES or widths != {height}:
-        got = f"{height}x{'/'.join(map(str, sorted(widths)))}"
-        raise PydanticCustomError(
-            "image_size", "expected a 32x32 or 28x28 image (rows x columns), got {got}", {"got": got}
-        )
-    return image
-
-
-def _square_schema(side: int) -> dict[str, Any]:
-    pixel = {"type": "number", "minimum": 0, "maximum": 1}
-    row = {"type": "array", "items": pixel, "minItems": side, "maxItems": side}
-    return {"type": "array", "items": row, "minItems": side, "maxItems": side, "title": f"{side}x{side} image"}
-
-
-Image = Annotated[
-    list[Annotated[list[Pixel], Field(min_length=28, max_length=32)]],
-    Field(min_length=28, max_length=32),
-    AfterValidator(_square_image),
-    WithJsonSchema({"anyOf": [_square_schema(side) for side in IMAGE_SIZES]}),  # what the validator enforces
-]
+MAX_IMAGES = 256  # images per request on an image classifier's route (a 32x32 image is ~8 KB of JSON)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -124,69 +92,15 @@ class Reply(BaseModel):
     version: str = Field(description="version of the model that answered", examples=["1"])
 
 
-class LinearRequest(Request):
-    x: list[Finite] = Field(
-        min_length=1,
-        max_length=MAX_ROWS,
-        description=f"one value per row, 1 to {MAX_ROWS} rows; the model fits y = b + w*x",
-        examples=[[1.0, 2.0]],
-    )
+class ImageResponse(Reply):
+    """An uploaded picture, classified (`POST /v1/{name}/predict-image`)."""
 
-
-class MultilinearRequest(Request):
-    x: list[Annotated[list[Finite], Field(min_length=3, max_length=3)]] = Field(
-        min_length=1,
-        max_length=MAX_ROWS,
-        description=f"rows of three raw exam scores (about 0-100), 1 to {MAX_ROWS} rows",
-        examples=[[[73, 80, 75], [93, 88, 93]]],
-    )
-
-
-class RegressionResponse(Reply):
-    y: list[float] = Field(description="one prediction per input row, in input order", examples=[[12.0, 19.0]])
-
-
-class BlobsRequest(Request):
-    x: list[Annotated[list[Finite], Field(min_length=2, max_length=2)]] = Field(
-        min_length=1,
-        max_length=MAX_ROWS,
-        description=f"2-D points, 1 to {MAX_ROWS} rows; the clusters sit near (+-1, +-1)",
-        examples=[[[1, 1], [-1, 1]]],
-    )
-
-
-class BlobsResponse(Reply):
-    labels: list[int] = Field(description="predicted label (0 or 1) per row", examples=[[0, 1]])
-    probabilities: list[float] = Field(description="P(label 1) per row", examples=[[0.01, 0.99]])
-
-
-class LenetRequest(Request):
-    images: list[Image] = Field(
-        min_length=1,
-        max_length=MAX_IMAGES,
-        description=(
-            f"1 to {MAX_IMAGES} grayscale images, each 32x32 or 28x28 (MNIST-sized, zero-padded to 32x32) "
-            "rows of pixels in [0, 1], ink high (a white digit on black)"
-        ),
-        examples=[[[[0.0] * 32 for _ in range(32)]]],
-    )
-
-
-class LenetResponse(Reply):
-    labels: list[int] = Field(description="predicted digit per image", examples=[[7]])
-    probabilities: list[list[float]] = Field(
-        description="softmax over the digits 0-9, one list of 10 per image",
-        examples=[[[0.0] * 7 + [1.0, 0.0, 0.0]]],
-    )
-
-
-class LenetImageResponse(Reply):
-    label: int = Field(description="predicted digit", examples=[7])
+    label: int = Field(description="the predicted class's index", examples=[7])
     probabilities: list[float] = Field(
-        description="softmax over the digits 0-9", examples=[[0.0] * 7 + [1.0, 0.0, 0.0]]
+        description="softmax over the classes, in the card's label order", examples=[[0.0] * 7 + [1.0, 0.0, 0.0]]
     )
     input: list[list[float]] | None = Field(
-        None, description="with ?input=true: the 32x32 image LeNet was given, after the server's preprocessing"
+        None, description="with ?input=true: the image the model was given, after the server's preprocessing"
     )
 
 

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         description="request body bytes a worker holds at once (read or being read); more get 429 with Retry-After",
     )
 
+    server_timing: bool = Field(
+        False, description="answer a Server-Timing header (parse, queue, run, encode) on predict and infer routes"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _read_token_files(cls, data: Any) -> Any:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from modelrepo import TensorSpec
+from service.errors import InvalidInput, echo
 
 HEADER = "inference-header-content-length"
 
@@ -49,8 +51,7 @@ ONNX_TYPES = {
 }
 
 
-class TensorError(ValueError):
-    """A malformed V2 request: answered 400 with this message."""
+TensorError = InvalidInput  # a malformed V2 request: answered 400 (INVALID_ARGUMENT) with its sentence
 
 
 class RequestInput(BaseModel):
@@ -76,21 +77,9 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+def metadata(spec: TensorSpec) -> dict[str, Any]:
     """A model's input or output as the protocol describes it (-1: any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def spec_from_onnx(name: str, onnx_type: str, shape: list[Any]) -> TensorSpec:
-    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
-    return TensorSpec(name, ONNX_TYPES.get(onnx_type, onnx_type), dims)
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -180,9 +169,7 @@ def _from_binary(tensor: RequestInput, dtype: np.dtype[Any], count: int, binary:
     return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(tensor.shape)
 
 
-def decode_inputs(
-    request: InferenceRequest, binary: memoryview, specs: list[TensorSpec], value_range: tuple[float, float]
-) -> dict[str, np.ndarray]:
+def decode_inputs(request: InferenceRequest, binary: memoryview, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """The request's input tensors, checked against the model's inputs and value range, in the model's dtypes."""
     by_name = {s.name: s for s in specs}
     names = ", ".join(by_name)
@@ -191,7 +178,7 @@ def decode_inputs(
     for tensor in request.inputs:
         spec = by_name.get(tensor.name)
         if spec is None:
-            raise TensorError(f"unknown input '{tensor.name}': the model's inputs are {names}")
+            raise TensorError(f"unknown input {echo(tensor.name)}: the model's inputs are {names}")
         if tensor.name in arrays:
             raise TensorError(f"input '{tensor.name}' is given twice")
         dtype, count = _check_against(tensor, spec)
@@ -201,9 +188,9 @@ def decode_inputs(
             arrays[tensor.name] = _from_binary(tensor, dtype, count, binary, offset)
             offset += count * dtype.itemsize
             if dtype.kind == "f":
-                _check_values(tensor, arrays[tensor.name], value_range)
+                _check_values(tensor, arrays[tensor.name], spec.value_range)
         else:
-            arrays[tensor.name] = _from_json(tensor, dtype, count, value_range)
+            arrays[tensor.name] = _from_json(tensor, dtype, count, spec.value_range)
     missing = [n for n in by_name if n not in arrays]
     if missing:
         raise TensorError(f"missing input {', '.join(repr(m) for m in missing)}: the model's inputs are {names}")
@@ -218,11 +205,13 @@ def wanted_outputs(request: InferenceRequest, specs: list[TensorSpec]) -> list[t
     by_name = {s.name: s for s in specs}
     if not request.outputs:
         return [(s, default_binary) for s in specs]
-    wanted = []
+    wanted: list[tuple[TensorSpec, bool]] = []
     for output in request.outputs:
         spec = by_name.get(output.name)
         if spec is None:
-            raise TensorError(f"unknown output '{output.name}': the model's outputs are {', '.join(by_name)}")
+            raise TensorError(f"unknown output {echo(output.name)}: the model's outputs are {', '.join(by_name)}")
+        if any(s.name == spec.name for s, _ in wanted):
+            raise TensorError(f"output '{spec.name}' is requested twice; name each output once")
         wanted.append((spec, bool((output.parameters or {}).get("binary_data", default_binary))))
     return wanted
 

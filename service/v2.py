@@ -1,28 +1,27 @@
 """The Open Inference Protocol (KServe V2) over HTTP, with Triton's binary tensor extension.
 
-A FastAPI app mounted into the BentoML service at the root (its routes carry the full /v2 paths, so
-`GET /v2` itself is served). Inference runs through the same batchers, sessions and metrics as the
-typed /v1 routes.
+A FastAPI app over the data plane, mounted at the root (its routes carry the full /v2 paths). It only
+frames: the body is split into its JSON and binary parts, the data plane decodes and checks the tensors
+and runs the model, and the answer is encoded back; large bodies are worked on a thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import anyio
-import bentoml
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service import __version__, tensors
-from service.errors import ApiError, error_response, unknown_model
+from service.dataplane import DataPlane, V2Result, front_door, on_thread_if
+from service.errors import InvalidInput, Unavailable
 from service.schemas import explain
+from service.timing import Timing
 
 SERVER_NAME = "tinyserve"
-PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
 
 # Work on a large body runs on a thread so that the event loop keeps serving other requests; smaller ones
 # stay on the loop, where the hop to a thread (~0.1-0.3 ms) would cost more than the work. Measured per
@@ -31,82 +30,61 @@ PLATFORM = "onnxruntime_onnx"
 THREAD_JSON_BYTES = 64 * 1024
 THREAD_BINARY_BYTES = 1024 * 1024
 THREAD_JSON_VALUES = 1024
-T = TypeVar("T")
 
-app = FastAPI(title="tinyserve Open Inference Protocol (V2)")
-
-
-def _service() -> Any:
-    return bentoml.get_current_service()
+PlaneSource = Callable[[], DataPlane]
 
 
-def _resolve(name: str, version: str | None) -> Any:
-    """The model, or a 404 response naming what exists."""
-    service = _service()
-    names = service.model_names()
-    if name not in names:
-        return unknown_model(name, names)
-    if version is None:
-        return service.models[name]
-    model = service.models.get(f"{name}/{version}")
-    if model is None:
-        versions = ", ".join(service.versions(name))
-        return error_response(404, f"unknown version '{version}' of model '{name}': available versions are {versions}")
-    return model
+def create(plane: PlaneSource, *, server_timing: bool = False) -> FastAPI:
+    app = front_door("tinyserve Open Inference Protocol (V2)")
+
+    @app.get("/v2", summary="Server metadata")
+    def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    @app.get("/v2/health/live", summary="Liveness")
+    def live() -> dict[str, bool]:
+        return {"live": plane().live()}
+
+    @app.get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
+    def ready() -> dict[str, bool]:
+        if not plane().ready():
+            raise Unavailable("not ready")
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}", summary="Model metadata (latest version)")
+    def model_metadata(name: str) -> dict[str, Any]:
+        served = plane()
+        return served.metadata(served.model(name))
+
+    @app.get("/v2/models/{name}/versions/{version}", summary="Model metadata")
+    def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        served = plane()
+        return served.metadata(served.model(name, version))
+
+    @app.get("/v2/models/{name}/ready", summary="Model readiness (latest version)")
+    def model_ready(name: str) -> dict[str, Any]:
+        served = plane()
+        served.model(name)
+        return {"name": name, "ready": served.ready()}
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness")
+    def model_version_ready(name: str, version: str) -> dict[str, Any]:
+        served = plane()
+        served.model(name, version)
+        return {"name": name, "ready": served.ready()}
+
+    @app.post("/v2/models/{name}/infer", summary="Inference (latest version)", openapi_extra=INFER_DOC)
+    async def infer(name: str, request: Request) -> Response:
+        return await _infer(plane(), name, None, request, server_timing)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=INFER_DOC)
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        return await _infer(plane(), name, version, request, server_timing)
+
+    return app
 
 
-def _metadata(model: Any) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": _service().versions(model.name),
-        "platform": PLATFORM,
-        "inputs": [s.metadata() for s in model.inputs],
-        "outputs": [s.metadata() for s in model.outputs],
-    }
-
-
-@app.get("/v2", summary="Server metadata")
-def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
-
-
-@app.get("/v2/health/live", summary="Liveness")
-def live() -> dict[str, bool]:
-    return {"live": True}
-
-
-@app.get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
-def ready() -> Any:
-    if not _service().is_ready():
-        return error_response(503, "not ready")
-    return {"ready": True}
-
-
-@app.get("/v2/models/{name}", summary="Model metadata (latest version)")
-def model_metadata(name: str) -> Any:
-    model = _resolve(name, None)
-    return model if isinstance(model, Response) else _metadata(model)
-
-
-@app.get("/v2/models/{name}/versions/{version}", summary="Model metadata")
-def model_version_metadata(name: str, version: str) -> Any:
-    model = _resolve(name, version)
-    return model if isinstance(model, Response) else _metadata(model)
-
-
-@app.get("/v2/models/{name}/ready", summary="Model readiness (latest version)")
-def model_ready(name: str) -> Any:
-    model = _resolve(name, None)
-    return model if isinstance(model, Response) else {"name": name, "ready": _service().is_ready()}
-
-
-@app.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness")
-def model_version_ready(name: str, version: str) -> Any:
-    model = _resolve(name, version)
-    return model if isinstance(model, Response) else {"name": name, "ready": _service().is_ready()}
-
-
-_INFER_DOC: dict[str, Any] = {
+INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "content": {
             "application/json": {"schema": tensors.InferenceRequest.model_json_schema()},
@@ -124,67 +102,51 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-@app.post("/v2/models/{name}/infer", summary="Inference (latest version)", openapi_extra=_INFER_DOC)
-async def infer(name: str, request: Request) -> Response:
-    return await _infer(name, None, request)
+async def _infer(plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool) -> Response:
+    plane.model(name, version)  # an unknown model is refused before its body is read
+    content, headers = await answer(plane, name, version, await request.body(), request.headers, timing_on)
+    return Response(content, headers=headers)
 
 
-@app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=_INFER_DOC)
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(name, version, request)
-
-
-async def _infer(name: str, version: str | None, request: Request) -> Response:
-    model = _resolve(name, version)
-    if isinstance(model, Response):
-        return model
-    body = await request.body()
-    try:
-        parsed, x, wanted = await decode_request(body, request.headers.get(tensors.HEADER), model)
-    except tensors.TensorError as e:
-        return error_response(400, str(e))
-    try:
-        result = await _service().infer(model, x)
-    except ApiError as e:
-        return error_response(int(e.error_code), e.message)
-    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-    if parsed.id is not None:
-        header["id"] = parsed.id
-    outputs = [(spec, binary, result) for spec, binary in wanted]
-    as_json = sum(result.size for _, binary in wanted if not binary)
-    content, json_length = await _on_thread_if(as_json > THREAD_JSON_VALUES, tensors.encode_response, header, outputs)
+async def answer(
+    plane: DataPlane, name: str, version: str | None, body: bytes, headers: Mapping[str, str], timing_on: bool
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 inference request's body and headers -> the answer's body and headers (service.fastpath serves it)."""
+    timing = Timing()
+    with timing.measure("parse"):
+        parsed, binary, heavy = await decode_request(body, headers.get(tensors.HEADER))
+    result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
+    with timing.measure("encode"):
+        content, json_length = await encode(result)
+    out = {"server-timing": timing.header()} if timing_on else {}
     if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
+        return content, out | {"content-type": "application/json"}
+    return content, out | {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(json_length),
+    }
 
 
-Decoded = tuple[tensors.InferenceRequest, np.ndarray, list[tuple[tensors.TensorSpec, bool]]]
-
-
-async def decode_request(body: bytes, header_length: str | None, model: Any) -> Decoded:
-    """The request, the model's input array and the wanted outputs; a large body is decoded on a thread."""
+async def decode_request(body: bytes, header_length: str | None) -> tuple[tensors.InferenceRequest, memoryview, bool]:
+    """The request's JSON, validated, its binary part, and whether it is heavy (then parsed on a thread)."""
     json_part, binary = tensors.split_body(body, header_length)
     heavy = len(json_part) > THREAD_JSON_BYTES or len(binary) > THREAD_BINARY_BYTES
-    return await _on_thread_if(heavy, _decode, json_part, binary, model)
+    return await on_thread_if(heavy, _parse, json_part), binary, heavy
 
 
-def _decode(json_part: bytes, binary: memoryview, model: Any) -> Decoded:
+def _parse(json_part: bytes) -> tensors.InferenceRequest:
     try:
-        parsed = tensors.InferenceRequest.model_validate_json(json_part)
+        return tensors.InferenceRequest.model_validate_json(json_part)
     except ValidationError as e:
-        raise tensors.TensorError(_explain(e)) from None
-    inputs = tensors.decode_inputs(parsed, binary, model.inputs, model.entry.card.input_range)
-    return parsed, inputs[model.input_name], tensors.wanted_outputs(parsed, model.outputs)
+        raise InvalidInput(_explain(e)) from None
 
 
-async def _on_thread_if(heavy: bool, function: Callable[..., T], *args: Any) -> T:
-    if not heavy:
-        return function(*args)
-    return await anyio.to_thread.run_sync(function, *args)
+async def encode(result: V2Result) -> tuple[bytes, int | None]:
+    header: dict[str, Any] = {"model_name": result.model.name, "model_version": result.model.version}
+    if result.id is not None:
+        header["id"] = result.id
+    as_json = sum(array.size for _, binary, array in result.outputs if not binary)
+    return await on_thread_if(as_json > THREAD_JSON_VALUES, tensors.encode_response, header, result.outputs)
 
 
 def _explain(error: ValidationError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,3 +29,13 @@ def http(server: Server) -> Iterator[httpx.Client]:
 def reference(server: Server) -> Reference:
     """ONNX Runtime in process on the provider and options the shared server reports: its expected answers."""
     return Reference(httpx.get(f"{server.url}/v1/models", timeout=30).json())
+
+
+FAST_TIER = Path(__file__).resolve().parent / "fast"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tier is where a test lives: tests/fast runs in process, every other test starts processes."""
+    for item in items:
+        if FAST_TIER not in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.process)

@@ -23,9 +23,9 @@ import pytest
 from benchmarks import attack
 from benchmarks.attack import Target
 from service import lifecycle, metrics
-from tests.server import REPO, Server, refused_start, running, wait_ready
+from tests.server import Server, refused_start, running, wait_ready
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 TOKEN, METRICS_TOKEN = "attack-api-token", "attack-metrics-token"
 BODY_BUDGET = 32 * 2**20
@@ -37,12 +37,6 @@ EDGE = {
     "TINYSERVE_BODY_TIMEOUT": "3",
     "TINYSERVE_MAX_BODY_BYTES_IN_FLIGHT": str(BODY_BUDGET),
 }
-
-
-def _core_has(text: str) -> bool:
-    """Whether the core (service/, outside the edge's files) already makes a call the edge asks of it."""
-    edge = {"images.py", "middleware.py", "connections.py", "lifecycle.py", "metrics.py", "settings.py"}
-    return any(text in path.read_text() for path in (REPO / "service").glob("*.py") if path.name not in edge)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +130,6 @@ def test_metrics_need_the_metrics_token(target: Target) -> None:
 
 
 def test_unknown_paths_add_no_metric_series(target: Target) -> None:
-    scrape = httpx.get(f"{target.url}/metrics", headers=target.headers(METRICS_TOKEN), timeout=60).text
-    if re.search(r"^bentoml_\w*request_total", scrape, re.MULTILINE):
-        pytest.skip("the core still turns on BentoML's request metrics, labelled by raw path (app.py: metrics off)")
     outcome = attack.metric_series(target, paths=600)
     before, after, leaked = outcome.seen
     assert (after - before, leaked) == (0, False), outcome.got
@@ -164,10 +155,6 @@ def test_a_48_megapixel_photo_is_decoded_at_reduced_size(target: Target) -> None
     assert outcome.held, outcome.got
 
 
-@pytest.mark.skipif(
-    not _core_has("to_lenet_input_async"),
-    reason="the core still decodes uploads on the event loop (app.py: await images.to_lenet_input_async)",
-)
 def test_the_event_loop_turns_while_images_decode(target: Target) -> None:
     """Ten uploads queue for the worker's one decoding thread; /livez keeps answering meanwhile."""
     image = attack.noise_png(2896, 2896)  # just under the cap: the slowest image the route accepts
@@ -273,10 +260,6 @@ def test_every_answer_carries_the_security_headers(target: Target) -> None:
 
 def test_fastapi_docs_pages_are_not_served(target: Target) -> None:
     outcome = attack.docs_pages(target)
-    if not _core_has("docs_url=None"):
-        pytest.skip(
-            "the core's FastAPI apps still serve /docs (v1.py, v2.py: docs_url=None, redoc_url=None, openapi_url=None)"
-        )
     assert set(outcome.seen.values()) == {404}, outcome.got
 
 
@@ -325,10 +308,6 @@ def test_idle_connections_near_the_file_limit_are_closed_and_logged(strict: Serv
     assert re.search(r"connections: \d+ open in this worker, near the file limit 256; closed \d+ idle", strict.output())
 
 
-@pytest.mark.skipif(
-    not _core_has("watch_workers"),
-    reason="the core does not install the worker exit log yet (app.py: lifecycle.watch_workers())",
-)
 def test_a_killed_worker_is_logged_with_why_and_restarted(strict: Server) -> None:
     (worker,) = psutil.Process(strict.process.pid).children(recursive=True)
     os.kill(worker.pid, signal.SIGKILL)

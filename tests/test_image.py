@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 from tests import containers
 from tests.server import REPO, Server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.timeout(1800)  # builds an image: minutes, ten on a machine without caches
 
 LOCK = REPO / "requirements" / "serve.lock.txt"
 USER = "10034:10034"  # numeric (runAsNonRoot can check it), >= 10000: no user of the node's

@@ -11,7 +11,7 @@ from tests import containers
 from tests.server import REPO
 from tests.test_image import USER, installed_versions, locked_versions
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.timeout(1800)  # builds the CUDA image (~3 GB)
 
 # The one library the image must not carry: the driver's, mounted by the NVIDIA container runtime.
 DRIVER = "libcuda.so.1"

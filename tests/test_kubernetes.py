@@ -19,7 +19,7 @@ import pytest
 import yaml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
-from service.app import TinyServe
+from service.server import REQUEST_TIMEOUT_S
 from service.settings import Settings
 from tests.helpers import REPO
 from tests.server import Server, running
@@ -187,7 +187,7 @@ def test_shutdown_fits_the_grace_period(target: str) -> None:
     serving, spec = container(target), pod_spec(target)
     pre_stop = serving["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = Settings.model_validate({"drain_seconds": settings_env(target).get("TINYSERVE_DRAIN_SECONDS", "2")})
-    request_timeout = TinyServe.config["traffic"]["timeout"]
+    request_timeout = REQUEST_TIMEOUT_S
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + math.ceil(drain.drain_seconds) + request_timeout
     readiness = serving["readinessProbe"]
     assert readiness["periodSeconds"] * readiness["failureThreshold"] <= drain.drain_seconds  # seen while draining
@@ -242,7 +242,7 @@ def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
         assert httpx.get(server.url + check["path"], timeout=30).status_code == 200, check["path"]
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(tmp_path: Path) -> None:
     """The Deployment's variables, its read-only root and its one writable volume, on a real server
     (bubblewrap: every mount read-only, a fresh tmpfs where the emptyDir is mounted)."""

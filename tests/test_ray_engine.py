@@ -77,7 +77,7 @@ def on_ray(model: str, source: str | Path, output: Path, chunk_size: int, actors
     return output.read_bytes()
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
 def test_ray_output_has_the_threads_engines_bytes(ray_address: str, digits: Path, tmp_path: Path, suffix: str) -> None:
     expected = threads("lenet", digits, tmp_path / f"threads{suffix}", chunk_size=50)
@@ -91,7 +91,7 @@ def test_ray_output_has_the_threads_engines_bytes(ray_address: str, digits: Path
         assert (labels == truth).mean() > 0.99
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ray_reads_csv_jsonl_and_parquet_with_bad_rows_as_the_threads_engine_does(
     ray_address: str, tmp_path: Path
 ) -> None:
@@ -111,7 +111,7 @@ def test_ray_reads_csv_jsonl_and_parquet_with_bad_rows_as_the_threads_engine_doe
     assert (tmp_path / "exams-ray.jsonl").read_text().count("\n") == 6
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ray_numbers_rows_across_the_files_of_a_directory_a_glob_or_a_uri(
     ray_address: str, digits: Path, tmp_path: Path
 ) -> None:
@@ -131,7 +131,7 @@ def test_ray_numbers_rows_across_the_files_of_a_directory_a_glob_or_a_uri(
     assert on_ray("lenet", parts.as_uri(), tmp_path / "from-uri.npy", chunk_size=50) == expected  # Ray's file systems
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ray_url_spreads_the_chunks_over_every_server(
     ray_address: str, server: Server, digits: Path, tmp_path: Path
 ) -> None:
@@ -148,7 +148,7 @@ def test_ray_url_spreads_the_chunks_over_every_server(
     assert sum(served) == 360 - len(BAD_ROWS) and min(served) > 0, served
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ray_url_leaves_out_a_server_that_does_not_answer(
     ray_address: str, server: Server, digits: Path, tmp_path: Path
 ) -> None:
@@ -169,7 +169,7 @@ def _rows_inferred(url: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_address: str, tmp_path: Path) -> None:
     source = tmp_path / "xs.npy"
     np.save(source, np.linspace(-50, 50, 16_000, dtype=np.float32).reshape(-1, 1))
@@ -222,7 +222,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_cli_starts_a_quiet_local_ray_by_default(digits: Path, tmp_path: Path) -> None:
     expected = threads("lenet", digits, tmp_path / "threads.npy", chunk_size=100)
     result = cli("lenet", str(digits), str(tmp_path / "ray.npy"), "--local", "--engine", "ray", "--chunk-size", "100")
@@ -234,7 +234,7 @@ def test_cli_starts_a_quiet_local_ray_by_default(digits: Path, tmp_path: Path) -
     assert re.fullmatch(r"rows ok: 358, rows failed: 2, [\d,]+ rows/s, elapsed [\d.]+ s", lines[-1]), result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_cli_joins_a_running_ray_with_ray_address(ray_address: str, digits: Path, tmp_path: Path) -> None:
     out = tmp_path / "ray.parquet"
     # The module's Ray listens on 127.0.0.1: a driver joining it from this machine must use that address too.

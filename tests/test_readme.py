@@ -93,7 +93,7 @@ def test_the_readme_has_runnable_steps_with_answers() -> None:
     assert sum(1 for s in found if s.expected) >= 6  # most examples say what they answer
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(1800)  # every command of the README, in order, on a fresh copy
 def test_every_readme_step_runs_and_answers_as_written(server: Server, scratch: Path) -> None:
     address = server.url.removeprefix("http://")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}

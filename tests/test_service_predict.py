@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import bentoml
 import httpx
 import numpy as np
 import pytest
 
 from tests.helpers import REPO, Reference, held_out_digits, render, upscale_32
-from tests.server import Server
 
 
 def test_linear_predicts_about_7x_plus_5(http: httpx.Client, reference: Reference) -> None:
@@ -96,15 +94,6 @@ def test_predict_image_accepts_light_ink_on_dark_too(http: httpx.Client) -> None
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-3)
 
 
-def test_bentoml_sync_client_calls_the_typed_routes(server: Server, reference: Reference) -> None:
-    with bentoml.SyncHTTPClient(server.url) as client:
-        linear = client.predict_linear({"x": [1.0]})
-        blobs = client.predict_blobs({"x": [[-1.0, 1.0]]})
-    assert linear["model"] == "linear"
-    reference.assert_matches(linear["y"], "linear", np.array([[1.0]]))
-    assert blobs["labels"] == [1]
-
-
 def test_models_catalog_shows_cards_provider_and_readiness(http: httpx.Client) -> None:
     listing = http.get("/v1/models").json()["models"]
     assert [m["name"] for m in listing] == ["blobs", "lenet", "linear", "multilinear"]
@@ -155,3 +144,8 @@ def test_openapi_example_of_every_route_is_accepted(http: httpx.Client) -> None:
         properties = _request_schema(spec, f"/v1/{route}/predict")["properties"]
         example = {field: p["examples"][0] for field, p in properties.items()}
         assert http.post(f"/v1/{route}/predict", json=example).status_code == 200, route
+
+
+def test_server_timing_is_off_by_default(http: httpx.Client) -> None:
+    r = http.post("/v1/linear/predict", json={"x": [1.0]})
+    assert r.status_code == 200 and "server-timing" not in r.headers

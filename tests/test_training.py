@@ -26,6 +26,8 @@ from training import blobs, data, multilinear, recipes
 from training.__main__ import main as train_main
 from training.common import seed_everything
 
+pytestmark = pytest.mark.timeout(900)  # the fixture trains every model, as `make train` does
+
 REPO = Path(__file__).resolve().parents[1]
 
 

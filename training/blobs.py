@@ -75,6 +75,7 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
     _plot(model, x_train, y_train, x_test, y_test, losses, out / "blobs.png")
     return Trained(
         name="blobs",
+        examples=[[1.0, 1.0], [-1.0, 1.0]],  # the OpenAPI document's example request, as the README sends it
         module=model,
         task="binary-classification",
         description="2-D XOR 'blobs' classifier (2 -> 5 -> 1 MLP): probability of label 1.",

@@ -75,6 +75,7 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
     _plot(x, y, model, losses, out / "linear.png")
     return Trained(
         name="linear",
+        examples=[1.0, 2.0],  # the OpenAPI document's example request, as the README sends it
         module=model,
         task="regression",
         description="Simple linear regression y = b + w*x fitted to y = 7x + 5 + N(0, 2) noise.",

@@ -83,6 +83,10 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
     _plot(y, pred, losses, out / "multilinear.png")
     return Trained(
         name="multilinear",
+        examples=[
+            [73.0, 80.0, 75.0],
+            [93.0, 88.0, 93.0],
+        ],  # the OpenAPI document's example request, as the README sends it
         module=folded,
         task="regression",
         description="Multivariate linear regression: three exam scores -> final score (the 5 exam rows).",

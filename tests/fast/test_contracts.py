@@ -1,7 +1,7 @@
-"""Property-based tests of the request schemas: valid inputs are accepted, invalid ones refused.
+"""Property-based tests of the typed contracts made from the cards: valid bodies accepted, invalid refused.
 
-In process against the Pydantic models (hundreds of cases), and over HTTP against the real server
-(fewer cases: each is a request) to show the refusal is a 4xx envelope there too.
+On the contracts themselves (hundreds of bodies: the fast path on whole arrays, and Pydantic where it
+refuses, must agree) and through the real ASGI app (fewer: each is a request) for the 4xx envelope.
 """
 
 from __future__ import annotations
@@ -10,13 +10,39 @@ import json
 import math
 from typing import Any
 
-import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from starlette.testclient import TestClient
 
-from service.schemas import MAX_ROWS, BlobsRequest, LenetRequest, LinearRequest, MultilinearRequest
+import modelrepo
+from service.errors import InvalidInput
+from service.kinds import Contract, contract
+from service.schemas import MAX_ROWS
+from tests.fast.conftest import REPO
+
+CONTRACTS = {e.name: contract(e.card) for e in modelrepo.discover(REPO / "models")}
+
+
+class _Checked:
+    """A contract's request model, as the tests call it: parse a JSON body, or raise with the sentence."""
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+
+    def model_validate(self, body: Any) -> np.ndarray:
+        x = self.contract.parse(json.dumps(body).encode())
+        pydantic = self.contract.request.model_validate(body)  # the slow path agrees with the fast one
+        assert len(getattr(pydantic, self.contract.field)) == len(x)
+        return x
+
+
+LinearRequest = _Checked(CONTRACTS["linear"])
+MultilinearRequest = _Checked(CONTRACTS["multilinear"])
+BlobsRequest = _Checked(CONTRACTS["blobs"])
+LenetRequest = _Checked(CONTRACTS["lenet"])
+ValidationError = InvalidInput
 
 finite = st.floats(-1e30, 1e30, allow_nan=False) | st.integers(-(10**6), 10**6)  # the models take |x| <= 1e30
 not_a_number = st.one_of(
@@ -46,7 +72,7 @@ def with_one_bad(draw: st.DrawFn, values: st.SearchStrategy[list[Any]]) -> list[
 
 @given(st.lists(finite, min_size=1, max_size=200))
 def test_linear_accepts_any_finite_numbers(x: list[float]) -> None:
-    assert LinearRequest.model_validate({"x": x}).x == [float(v) for v in x]
+    assert LinearRequest.model_validate({"x": x}).ravel().tolist() == np.float32([float(v) for v in x]).tolist()
 
 
 @given(with_one_bad(st.lists(finite, min_size=1, max_size=50)))
@@ -64,7 +90,7 @@ def test_linear_refuses_too_many_rows(n: int) -> None:
 
 @given(rows(3))
 def test_multilinear_accepts_rows_of_three(x: list[list[float]]) -> None:
-    assert len(MultilinearRequest.model_validate({"x": x}).x) == len(x)
+    assert len(MultilinearRequest.model_validate({"x": x})) == len(x)
 
 
 @given(rows(3), st.integers(0, 19), st.integers(0, 6).filter(lambda w: w != 3))
@@ -76,7 +102,7 @@ def test_multilinear_refuses_a_ragged_row(x: list[list[float]], i: int, width: i
 
 @given(rows(2), st.text(min_size=1, max_size=8).filter(lambda k: k != "x"))
 def test_blobs_refuses_any_unknown_field(x: list[list[float]], key: str) -> None:
-    assert len(BlobsRequest.model_validate({"x": x}).x) == len(x)
+    assert len(BlobsRequest.model_validate({"x": x})) == len(x)
     with pytest.raises(ValidationError, match="unknown field"):
         BlobsRequest.model_validate({"x": x, key: 1})
 
@@ -85,7 +111,8 @@ def test_blobs_refuses_any_unknown_field(x: list[list[float]], key: str) -> None
 @settings(max_examples=20)
 def test_lenet_accepts_square_28_or_32_images_in_range(size: int, value: float) -> None:
     image = [[value] * size for _ in range(size)]
-    assert len(LenetRequest.model_validate({"images": [image]}).images[0]) == size
+    x = LenetRequest.model_validate({"images": [image]})
+    assert x.shape == (1, 1, 32, 32) and float(x.sum()) == pytest.approx(np.float32(value) * size * size, rel=1e-5)
 
 
 @given(st.integers(1, 40), st.integers(1, 40))
@@ -97,13 +124,18 @@ def test_lenet_refuses_every_other_image_size(height: int, width: int) -> None:
         LenetRequest.model_validate({"images": [[[0.0] * width for _ in range(height)]]})
 
 
-# Over HTTP: the same properties, end to end.
+@pytest.fixture
+def http(client: TestClient) -> TestClient:
+    return client
+
+
+# Through the ASGI app: the same properties, end to end.
 http_settings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @http_settings
 @given(x=st.lists(finite, min_size=1, max_size=30))
-def test_http_accepts_valid_linear_rows(http: httpx.Client, x: list[float]) -> None:
+def test_http_accepts_valid_linear_rows(http: TestClient, x: list[float]) -> None:
     r = http.post("/v1/linear/predict", json={"x": x})
     assert r.status_code == 200
     assert len(r.json()["y"]) == len(x)
@@ -111,7 +143,7 @@ def test_http_accepts_valid_linear_rows(http: httpx.Client, x: list[float]) -> N
 
 @http_settings
 @given(x=with_one_bad(st.lists(finite, min_size=1, max_size=10)))
-def test_http_refuses_invalid_linear_rows_with_a_400_envelope(http: httpx.Client, x: list[Any]) -> None:
+def test_http_refuses_invalid_linear_rows_with_a_400_envelope(http: TestClient, x: list[Any]) -> None:
     r = http.post("/v1/linear/predict", content=json.dumps({"x": x}), headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"].startswith("x[")
@@ -125,7 +157,7 @@ def test_http_refuses_invalid_linear_rows_with_a_400_envelope(http: httpx.Client
         max_leaves=8,
     )
 )
-def test_http_refuses_arbitrary_json_with_a_4xx_never_a_5xx(http: httpx.Client, body: Any) -> None:
+def test_http_refuses_arbitrary_json_with_a_4xx_never_a_5xx(http: TestClient, body: Any) -> None:
     for route in ("linear", "multilinear", "blobs", "lenet"):
         r = http.post(f"/v1/{route}/predict", json=body)
         assert r.status_code in (200, 400), (route, body, r.text)

@@ -14,17 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-import modelrepo
 from service import v2
-from service.machine import Cores, Shape
-from service.runtime import CPU, LoadedModel, Runtime, load_model
-from tests.helpers import REPO
+from service.dataplane import DataPlane, V2Result
+from service.errors import InvalidInput
 
 
-@pytest.fixture(scope="module")
-def lenet() -> LoadedModel:
-    (entry,) = [e for e in modelrepo.discover(REPO / "models") if e.name == "lenet"]
-    return load_model(entry, Runtime(Cores(1, None), Shape(1, 1, spinning=False), CPU, {}))
+async def _decode_and_run(plane: DataPlane, body: bytes, header: str | None) -> V2Result:
+    """What the V2 route does with a body: parse the JSON (a thread when large), decode and run."""
+    parsed, binary, heavy = await v2.decode_request(body, header)
+    return await plane.infer("lenet", None, parsed, binary, offload=heavy)
 
 
 def _body(images: int, *, binary: bool) -> tuple[bytes, str | None]:
@@ -66,24 +64,25 @@ async def _other_tasks_ran_during(work: Awaitable[Any]) -> int:
         (16, False, True),  # 330 KB of JSON (~5 ms to decode)
     ],
 )
-def test_large_bodies_are_decoded_off_the_event_loop(
-    lenet: LoadedModel, images: int, binary: bool, off_loop: bool
-) -> None:
+def test_large_bodies_are_decoded_off_the_event_loop(images: int, binary: bool, off_loop: bool) -> None:
     body, header = _body(images, binary=binary)
-    turns = asyncio.run(_other_tasks_ran_during(v2.decode_request(body, header, lenet)))
-    assert (turns > 0) is off_loop, turns
+    parsed = asyncio.run(_other_tasks_ran_during(v2.decode_request(body, header)))
+    assert (parsed > 0) is off_loop, parsed
 
 
-def test_decoding_on_a_thread_gives_the_same_tensor(lenet: LoadedModel) -> None:
+def test_decoding_on_a_thread_gives_the_same_answer(plane: DataPlane) -> None:
     for binary in (True, False):
-        body, header = _body(512 if binary else 16, binary=binary)
-        _, x, wanted = asyncio.run(v2.decode_request(body, header, lenet))
-        expected = np.random.default_rng(0).random((512 if binary else 16, 1, 32, 32), dtype=np.float32)
-        np.testing.assert_array_equal(x, expected)
-        assert [(spec.name, as_binary) for spec, as_binary in wanted] == [("logits", False)]
+        images = 512 if binary else 16
+        body, header = _body(images, binary=binary)
+        result = asyncio.run(_decode_and_run(plane, body, header))
+        x = np.random.default_rng(0).random((images, 1, 32, 32), dtype=np.float32)
+        (expected,) = plane.model("lenet").session.session.run(None, {"x": x})
+        [(spec, as_binary, logits)] = result.outputs
+        assert (spec.name, as_binary) == ("logits", False)
+        np.testing.assert_array_equal(logits, expected)
 
 
-def test_a_bad_large_body_is_refused_from_the_thread_with_the_same_message(lenet: LoadedModel) -> None:
+def test_a_bad_large_body_is_refused_from_the_thread_with_the_same_message(plane: DataPlane) -> None:
     body, header = _body(512, binary=True)
-    with pytest.raises(v2.tensors.TensorError, match="4 bytes follow the JSON that no input's binary_data_size"):
-        asyncio.run(v2.decode_request(body + b"\0" * 4, header, lenet))
+    with pytest.raises(InvalidInput, match="4 bytes follow the JSON that no input's binary_data_size"):
+        asyncio.run(_decode_and_run(plane, body + b"\0" * 4, header))

@@ -1,0 +1,191 @@
+"""The data plane: what every front door (typed /v1, V2 over HTTP and gRPC, the playground) calls.
+
+Transport-neutral, after MLServer's `DataPlane`: readiness, metadata and inference over the registry,
+with the one value rule and typed errors (service.errors). A front door parses its transport, calls one
+method here, and encodes the answer or maps the error to its status codes; it decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+import modelrepo
+from service import images, metrics, tensors
+from service.batching import Batcher
+from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMedia, refusal
+from service.kinds import contract
+from service.lifecycle import Lifecycle
+from service.registry import Registry, ServedModel
+from service.runtime import Runtime, open_session
+from service.schemas import ImageResponse, ModelInfo, RuntimeInfo
+from service.timing import Timing
+
+logger = logging.getLogger("bentoml.tinyserve")
+T = TypeVar("T")
+REJECTED: dict[int, type[ServingError]] = {413: PayloadTooLarge, 415: UnsupportedMedia}
+
+
+@dataclass(frozen=True)
+class Batching:
+    enabled: bool = True
+    max_rows: int = 256
+    max_wait_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class V2Result:
+    """A V2 inference's answer: the model that ran, and each requested output as (spec, as binary?, array)."""
+
+    model: ServedModel
+    id: str | None
+    outputs: list[tuple[modelrepo.TensorSpec, bool, np.ndarray]]
+
+
+def front_door(title: str) -> FastAPI:
+    """A FastAPI app for a front door: the data plane's typed errors answered in the envelope; no docs pages of
+    its own (the server's one document is /docs.json)."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def refuse(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        return refusal(exc)
+
+    app.add_exception_handler(ServingError, refuse)
+    return app
+
+
+async def on_thread_if(heavy: bool, function: Callable[..., T], *args: Any) -> T:
+    """Run `function` on a worker thread when the work is heavy; on the event loop (no hop) when not."""
+    if not heavy:
+        return function(*args)
+    return await anyio.to_thread.run_sync(function, *args)
+
+
+def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching) -> ServedModel:
+    """One version from disk: verified against its card, its session warmed, its batcher and contract made."""
+    started = time.perf_counter()
+    session = open_session(entry, runtime)
+    batcher = Batcher(session.run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
+    model = ServedModel(entry, session, batcher, contract(entry.card))
+    metrics.set_provider(entry.name, entry.version, session.provider)
+    logger.info(
+        "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",
+        entry.name,
+        entry.version,
+        entry.model_path,
+        session.provider,
+        runtime.shape.threads,
+        (time.perf_counter() - started) * 1000,
+    )
+    return model
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, runtime: Runtime, lifecycle: Lifecycle | None = None) -> None:
+        self.registry = registry
+        self.runtime = runtime
+        self.lifecycle = lifecycle or Lifecycle()
+
+    # -- health
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return bool(self.registry.names()) and not self.lifecycle.draining
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        return self.registry.get(name, version)
+
+    # -- the typed routes
+    async def predict(self, name: str, body: bytes, timing: Timing | None = None) -> dict[str, Any]:
+        """A typed request's body -> its answer (the model's response model, as a dict)."""
+        model = self.registry.get(name)
+        timing = timing or Timing()
+        with timing.measure("parse"):
+            x = model.contract.parse(body)
+        out = await model.infer(x, timing)
+        with timing.measure("encode"):
+            return model.contract.answer(model.name, model.version, out)
+
+    async def predict_image(self, name: str, data: bytes, *, with_input: bool = False) -> ImageResponse:
+        """An uploaded picture -> the image classifier's answer."""
+        model = self.registry.get(name)
+        if model.kind is not modelrepo.ModelKind.IMAGE:
+            raise InvalidInput(f"model '{name}' does not take pictures: it is a {model.card.task} model")
+        try:
+            x = await images.to_lenet_input_async(data)
+        except images.ImageRejected as e:
+            raise REJECTED.get(e.status, InvalidInput)(str(e)) from None
+        out = await model.infer(x[None])
+        answer = model.contract.answer(model.name, model.version, out)
+        return ImageResponse(
+            model=model.name,
+            version=model.version,
+            label=answer["labels"][0],
+            probabilities=answer["probabilities"][0],
+            input=x[0].tolist() if with_input else None,
+        )
+
+    # -- the Open Inference Protocol
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: tensors.InferenceRequest,
+        binary: memoryview,
+        timing: Timing | None = None,
+        *,
+        offload: bool = False,  # a large request: decode its tensors on a thread, off the event loop
+    ) -> V2Result:
+        model = self.registry.get(name, version)
+        inputs = await on_thread_if(offload, tensors.decode_inputs, request, binary, list(model.card.inputs))
+        wanted = tensors.wanted_outputs(request, list(model.card.outputs))
+        out = await model.infer(inputs[model.input.name], timing)
+        results = {model.output.name: out}
+        return V2Result(model, request.id, [(spec, binary_, results[spec.name]) for spec, binary_ in wanted])
+
+    def metadata(self, model: ServedModel) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "versions": self.registry.versions(model.name),
+            "platform": "onnxruntime_onnx",
+            "inputs": [tensors.metadata(s) for s in model.card.inputs],
+            "outputs": [tensors.metadata(s) for s in model.card.outputs],
+        }
+
+    # -- the catalog
+    def model_info(self, name: str) -> ModelInfo:
+        model = self.registry.get(name)
+        return ModelInfo(
+            name=model.name,
+            version=model.version,
+            versions=self.registry.versions(name),
+            provider=model.session.provider,
+            provider_options=model.session.provider_options,
+            ready=True,
+            card=model.card.to_dict(),
+            pictures=[p.name for p in model.pictures],
+        )
+
+    def runtime_info(self) -> RuntimeInfo:
+        runtime = self.runtime
+        return RuntimeInfo(
+            cores=runtime.cores.available,
+            cpu_affinity=runtime.cores.affinity,
+            cgroup_cpu_quota=runtime.cores.quota,
+            workers=runtime.shape.workers,
+            intra_op_threads=runtime.shape.threads,
+            spinning=runtime.shape.spinning,
+            provider=runtime.provider,
+            provider_options=runtime.provider_options,
+            cuda_fallback=runtime.fallback or None,
+        )

@@ -1,0 +1,94 @@
+"""The BentoML service: the platform ring around the data plane.
+
+`create_service(start)` makes the service class from the start-up decision (service.runtime.start_up):
+the worker count BentoML reads, the front doors it mounts (typed /v1, V2, the playground) and the guard
+in front of them. Each worker's `__init__` loads the registry and binds the data plane the front doors
+call. Nothing here runs on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import bentoml
+
+from service import compat, playground, v1, v2
+from service.dataplane import Batching, DataPlane, load_model
+from service.errors import Unavailable
+from service.fastpath import FastPath
+from service.lifecycle import LIFECYCLE, log_exit
+from service.middleware import GuardMiddleware
+from service.registry import Registry
+from service.runtime import StartUp, prepare_onnxruntime, tune_gc
+
+logger = logging.getLogger("bentoml.tinyserve")
+REQUEST_TIMEOUT_S = 30  # BentoML's traffic timeout: a request running longer is answered 504
+
+
+class PlaneHolder:
+    """The data plane of this worker, once it has loaded its models."""
+
+    def __init__(self) -> None:
+        self._plane: DataPlane | None = None
+
+    def bind(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def __call__(self) -> DataPlane:
+        if self._plane is None:
+            raise Unavailable("the server is starting: its models are not loaded yet")
+        return self._plane
+
+
+def create_service(start: StartUp) -> Any:
+    settings, entries, runtime = start.settings, start.entries, start.runtime
+    fenced = compat.check()  # the internals compat reaches into are the ones it was written for
+    per_worker_sockets = fenced and settings.reuse_port and runtime.shape.workers > 1
+    if fenced:
+        compat.hold_address_per_worker(per_worker=per_worker_sockets)
+        compat.watch_workers(log_exit)
+    plane = PlaneHolder()
+    batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
+
+    @bentoml.service(
+        name="tinyserve",
+        workers=runtime.shape.workers,
+        traffic={"timeout": REQUEST_TIMEOUT_S},
+        # BentoML's request metrics label the raw path (a series per unknown URL); the guard counts requests by
+        # route template and serves /metrics (every worker's series, BentoML's and ours) behind its token.
+        metrics={"enabled": False},
+        logging={"access": {"enabled": settings.access_log}},
+        tracing={} if settings.tracing else {"excluded_urls": [".*"]},  # off: every URL skips the span work
+    )
+    @bentoml.asgi_app(playground.app, path=playground.PATH)
+    @bentoml.asgi_app(v1.create(plane), path="/v1")
+    @bentoml.asgi_app(v2.create(plane, server_timing=settings.server_timing), path="/")
+    class TinyServe:
+        def __init__(self) -> None:
+            prepare_onnxruntime(runtime)
+            registry = Registry(load_model(entry, runtime, batching) for entry in entries)
+            self.plane = DataPlane(registry, runtime, LIFECYCLE)
+            plane.bind(self.plane)
+            logger.info("ready: %s", ", ".join(f"{m.name}/{m.version}" for m in registry.models()))
+            logger.info(playground.banner())
+            tune_gc()
+            if threading.current_thread() is threading.main_thread():  # a served worker (not an in-process test)
+                LIFECYCLE.install(settings.drain_seconds)
+            compat.join_listeners(per_worker=per_worker_sockets)  # from now on this worker gets connections
+
+        def __is_ready__(self) -> bool:
+            return self.plane.ready()
+
+    TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
+        GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrency=settings.max_concurrency,
+        lifecycle=LIFECYCLE,
+        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        quick_ack=fenced and settings.quick_ack,
+        plane=plane,
+    )
+    TinyServe.add_asgi_middleware(FastPath, plane=plane, server_timing=settings.server_timing)  # type: ignore[attr-defined]
+    return TinyServe

@@ -1,0 +1,119 @@
+"""Every route of the real ASGI app, in process: answers, every refusal's exact sentence, V2, the docs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from tests.cases import CASES, send
+
+DIGITS = np.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "digits.npy")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type", "status", "message"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_bad_request_is_refused_with_its_exact_sentence(
+    client: TestClient, method: str, path: str, body: Any, content_type: str | None, status: int, message: str
+) -> None:
+    r = send(client, method, path, body, content_type)
+    assert (r.status_code, r.json()) == (status, {"error": message, "detail": r.json()["detail"]}), r.text
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_typed_routes_answer_the_readme_examples(client: TestClient) -> None:
+    linear = client.post("/v1/linear/predict", json={"x": [1.0, 2.0]}).json()
+    assert linear["model"] == "linear" and linear["version"] == "1"
+    np.testing.assert_allclose(linear["y"], [12.08, 18.84], atol=0.01)  # the fitted y = 7x + 5 (+ noise)
+    blobs = client.post("/v1/blobs/predict", json={"x": [[1, 1], [-1, 1]]}).json()
+    assert blobs["labels"] == [0, 1]
+    multi = client.post("/v1/multilinear/predict", json={"x": [[73, 80, 75]]}).json()
+    assert abs(multi["y"][0] - 152) < 5
+
+
+def test_the_fast_path_and_pydantic_give_the_same_answer(client: TestClient) -> None:
+    """A 28x28 image goes through Pydantic (mixed sizes); the same 32x32 image through the fast path."""
+    image = DIGITS[0, 0]
+    small = image[2:30, 2:30]
+    padded = np.zeros((32, 32), np.float32)
+    padded[2:30, 2:30] = small
+    mixed = client.post("/v1/lenet/predict", json={"images": [small.tolist(), image.tolist()]}).json()
+    alone = client.post("/v1/lenet/predict", json={"images": [padded.tolist()]}).json()
+    assert mixed["probabilities"][0] == alone["probabilities"][0]
+
+
+def test_a_boolean_among_numbers_is_refused_not_read_as_one(client: TestClient) -> None:
+    r = client.post("/v1/linear/predict", json={"x": [1.0, True]})
+    assert r.json()["error"] == "x[1]: input should be a valid number, got boolean true"
+    r = client.post("/v1/linear/predict", json={"x": [1, "2"]})
+    assert r.json()["error"] == "x[1]: input should be a valid number, got string '2'"
+
+
+def test_v2_refuses_an_output_asked_twice(client: TestClient) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}]}
+    twice = body | {"outputs": [{"name": "probability"}] * 4000}
+    r = client.post("/v2/models/blobs/infer", json=twice)
+    assert (r.status_code, r.json()["error"]) == (400, "output 'probability' is requested twice; name each output once")
+    once = client.post("/v2/models/blobs/infer", json=body | {"outputs": [{"name": "probability"}]}).json()
+    assert [o["name"] for o in once["outputs"]] == ["probability"]
+
+
+def test_an_unknown_name_is_echoed_cut_short(client: TestClient) -> None:
+    name = "n" * 5000
+    r = client.post(
+        "/v2/models/blobs/infer", json={"inputs": [{"name": name, "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}]}
+    )
+    assert r.status_code == 400 and len(r.text) < 400
+    assert r.json()["error"] == f"unknown input {'n' * 80!r}... (5000 characters): the model's inputs are x"
+
+
+def test_v2_binary_answer_equals_the_typed_route(client: TestClient) -> None:
+    x = DIGITS[:4].astype(np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    r = client.post(
+        "/v2/models/lenet/infer",
+        content=header + x.tobytes(),
+        headers={"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
+    )
+    length = int(r.headers["inference-header-content-length"])
+    logits = np.frombuffer(r.content[length:], dtype="<f4").reshape(4, 10)
+    typed = client.post("/v1/lenet/predict", json={"images": x[:, 0].tolist()}).json()
+    assert typed["labels"] == logits.argmax(axis=1).tolist()
+
+
+def test_server_timing_names_each_phase_when_turned_on(client: TestClient) -> None:
+    r = client.post("/v1/linear/predict", json={"x": [1.0]})
+    assert [part.split(";")[0] for part in r.headers["server-timing"].split(", ")] == [
+        "parse",
+        "queue",
+        "run",
+        "encode",
+    ]
+    tensor = {"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}
+    v2 = client.post("/v2/models/linear/infer", json={"inputs": [tensor]})
+    assert [p.split(";")[0] for p in v2.headers["server-timing"].split(", ")] == ["parse", "queue", "run", "encode"]
+
+
+def test_docs_publish_each_model_s_typed_route_from_its_card(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    for name, request in (("linear", "LinearRequest"), ("blobs", "BlobsRequest"), ("lenet", "LenetRequest")):
+        content = spec["paths"][f"/v1/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]
+        assert content["schema"] == {"$ref": f"#/components/schemas/{request}"}
+        example = spec["components"]["schemas"][request]["properties"]
+        field = "images" if name == "lenet" else "x"
+        body = {field: example[field]["examples"][0]}
+        assert client.post(f"/v1/{name}/predict", json=body).status_code == 200, name
+    assert "/v1/lenet/predict-image" in spec["paths"]
