@@ -14,6 +14,8 @@ uvicorn's httptools protocol class, in each worker before its first connection (
   TINYSERVE_HEADER_TIMEOUT, else 408 and close;
 - more than TINYSERVE_MAX_HEADER_BYTES before the end of the headers: 431 and close (counted as the
   bytes arrive, before httptools joins them: its joining is quadratic in a header's length);
+- what httptools cannot parse gets the error envelope and the security headers, as every other answer
+  (uvicorn's own 400 is plain text);
 - the soft file limit is raised to the hard one, and a worker that nears it logs so and closes its idle
   connections, so that probes and real clients still get in (a burst faster than the worker accepts
   can still fill it: libuv then accepts and drops the excess; only the higher limit helps there).
@@ -106,7 +108,6 @@ def _hook(protocol: Any) -> None:
     connection_made, connection_lost = protocol.connection_made, protocol.connection_lost
     data_received, on_headers_complete = protocol.data_received, protocol.on_headers_complete
     on_message_complete, on_response_complete = protocol.on_message_complete, protocol.on_response_complete
-    send_400_response = protocol.send_400_response
     on_url, on_header = protocol.on_url, protocol.on_header
 
     def made(self: Any, transport: Any) -> None:
@@ -155,7 +156,7 @@ def _hook(protocol: Any) -> None:
 
     def bad_request(self: Any, msg: str) -> None:
         if not self.tinyserve.refused:  # a refusal of ours already answered and closed
-            send_400_response(self, msg)
+            _refuse(self, 400, "invalid HTTP/1.1 request: its request line, headers or framing break the protocol")
 
     protocol.connection_made, protocol.connection_lost = made, lost
     protocol.data_received, protocol.on_headers_complete = received, headers_complete
@@ -214,7 +215,7 @@ def _refuse(protocol: Any, status: int, message: str) -> None:
     state.refused = True
     _disarm(protocol)
     body = json.dumps({"error": message, "detail": []}).encode()
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
     head = [b"HTTP/1.1 %d %s" % (status, reason), b"content-type: application/json"]
     head += [b"content-length: %d" % len(body), b"connection: close"]
     head += [name + b": " + value for name, value in SECURITY_HEADERS]

@@ -104,6 +104,17 @@ def test_headers_over_the_limit_get_431_however_they_arrive(port: int, pieces: i
     )
 
 
+def test_what_httptools_cannot_parse_gets_400_in_the_envelope(port: int) -> None:
+    with _connect(port) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9x\r\n\r\n{}")
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"x-frame-options: DENY\r\n" in answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "invalid HTTP/1.1 request: its request line, headers or framing break the protocol",
+        "detail": [],
+    }
+
+
 def test_a_kept_alive_connection_serves_then_closes_once_idle(port: int) -> None:
     with _connect(port) as sock:
         for _ in range(3):
