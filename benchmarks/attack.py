@@ -244,11 +244,11 @@ def huge_header(target: Target, size: int = 40 * 2**20) -> Outcome:
 
 
 def slow_bodies(target: Target, connections: int = 300) -> Outcome:
-    """Model requests whose bodies never finish: a fresh request must still be served, not 429."""
+    """Model requests that declare 16 MB and send 5 bytes: they must hold neither a concurrency slot nor the
+    body budget (what they declare), so a fresh request is served, not 429; each slow one gets 408."""
     body = json.dumps({"x": [1.0]}).encode()
-    head = request_head(
-        target, "POST", "/v1/linear/predict", {"Content-Type": "application/json", "Content-Length": "100"}
-    )
+    declared = {"Content-Type": "application/json", "Content-Length": str(16_000_000)}
+    head = request_head(target, "POST", "/v1/linear/predict", declared)
     with ExitStack() as stack:
         socks = [stack.enter_context(closing(connect(target))) for _ in range(connections)]
         for sock in socks:
