@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import re
+import select
 import socket
 import struct
 import sys
@@ -227,12 +228,13 @@ def idle_connections(target: Target, connections: int = 500) -> Outcome:
 
 
 def huge_header(target: Target, size: int = 40 * 2**20) -> Outcome:
-    """One header of `size` bytes: refused with 431 once past the limit, not parsed whole."""
+    """One header of `size` bytes, sent as a client that watches for an answer would: refused with 431 once
+    past the limit, before the rest is sent (the server reads and drops what still comes for a moment)."""
     with closing(connect(target)) as sock:
         sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent = 0
         try:
-            while sent < size:
+            while sent < size and not select.select([sock], [], [], 0)[0]:  # stop once the server answered
                 sock.sendall(b"a" * 65536)
                 sent += 65536
         except (BrokenPipeError, ConnectionResetError):

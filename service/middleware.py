@@ -120,7 +120,9 @@ class GuardMiddleware:
         metrics_token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
         self.metrics_token = metrics_token or self.token
         self.quick_ack = QuickAck(enabled=settings.quick_ack if quick_ack is None else quick_ack)
-        limits = connections.Limits(settings.header_timeout, settings.idle_timeout, settings.max_header_bytes)
+        limits = connections.Limits(
+            settings.header_timeout, settings.idle_timeout, settings.max_header_bytes, settings.body_timeout
+        )
         logger.info(auth_summary(settings))
         logger.info(connections.install(limits))  # built on the lifespan call: before any connection
 

@@ -20,18 +20,25 @@ from uvicorn.protocols.http import auto, httptools_impl
 from service import connections
 
 pytestmark = pytest.mark.timeout(60)
-LIMITS = connections.Limits(header_timeout=0.5, idle_timeout=0.5, max_header_bytes=1024)
+LIMITS = connections.Limits(header_timeout=0.5, idle_timeout=0.5, max_header_bytes=1024, write_timeout=0.5)
+BIG = 64 * 2**20  # far more than any socket buffer holds
+big_sent = threading.Event()  # the app's send of BIG returned: read, or given up on
 
 
 async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
-    await send({"type": "http.response.body", "body": b"hello"})
+    body = b"x" * BIG if scope["path"] == "/big" else b"hello"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+    if scope["path"] == "/big":
+        big_sent.set()
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     defaults = connections.LIMITS
-    assert connections.install(LIMITS).startswith("connections: idle 0.5 s, headers within 0.5 s and 1024 bytes")
+    assert connections.install(LIMITS).startswith(
+        "connections: idle 0.5 s, headers within 0.5 s and 1024 bytes, reading stalled at most 0.5 s"
+    )
     config = uvicorn.Config(
         _hello, host="127.0.0.1", port=0, loop="uvloop", http="httptools", lifespan="off", log_level="error"
     )
@@ -113,6 +120,23 @@ def test_what_httptools_cannot_parse_gets_400_in_the_envelope(port: int) -> None
         "error": "invalid HTTP/1.1 request: its request line, headers or framing break the protocol",
         "detail": [],
     }
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped(port: int) -> None:
+    """Else it holds its request, and the answer in memory, for as long as it likes."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert big_sent.wait(timeout=30)  # the server gave up on it: the app's send returned
+        received = 0
+        try:
+            while chunk := sock.recv(2**20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass  # aborted: what was in flight is lost
+    assert received < BIG
 
 
 def test_a_kept_alive_connection_serves_then_closes_once_idle(port: int) -> None:
