@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import bentoml
+
+from service.errors import ServingError
 
 _LABELS = ["model", "version"]
 
@@ -34,6 +39,27 @@ REFUSED = bentoml.metrics.Counter(
     documentation="Model requests the guard answered itself, before any queue: 429 overload, 503 shutting down",
     labelnames=["status"],
 )
+
+INFER_REQUESTS = bentoml.metrics.Counter(
+    name="tinyserve_infer_requests_total",
+    documentation="Open Inference Protocol inference requests by front door (http, grpc) and outcome "
+    "(ok, or the HTTP status of the refusal, whatever the transport)",
+    labelnames=["protocol", "outcome"],
+)
+
+
+@contextmanager
+def counting(protocol: str) -> Iterator[None]:
+    """Count one inference request of a front door by its outcome."""
+    outcome = "500"
+    try:
+        yield
+        outcome = "ok"
+    except ServingError as e:
+        outcome = str(e.status)
+        raise
+    finally:
+        INFER_REQUESTS.labels(protocol=protocol, outcome=outcome).inc()
 
 
 class ModelMetrics:

@@ -34,6 +34,7 @@ UPLOAD_ROUTE = re.compile(r"^/v1/[^/]+/predict-image$")
 # model cards and metadata included, needs the token.
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 OPEN_PREFIX = "/ui"
+COMPRESSED = ("identity", "gzip", "deflate")  # V2 inference bodies as Triton's clients compress them
 ACCEPTS = {
     PREDICT_ROUTE: ("application/json", ""),
     INFER_ROUTE: ("application/json", "application/octet-stream", ""),  # Triton's client sends none
@@ -132,7 +133,7 @@ class GuardMiddleware:
             expected = " or ".join(a for a in accepts if a)
             return 415, envelope(f"unsupported content type {got!r}: expected {expected}"), []
         encoding = (_header(scope, b"content-encoding") or b"identity").decode("latin-1").strip().lower()
-        if encoding != "identity":
+        if encoding not in (COMPRESSED if INFER_ROUTE.match(scope["path"]) else ("identity",)):
             return 415, envelope(f"unsupported content encoding {encoding!r}: send the body uncompressed"), []
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):

@@ -14,7 +14,7 @@ from typing import Any
 
 import bentoml
 
-from service import compat, playground, v1, v2
+from service import compat, grpc_server, playground, v1, v2
 from service.dataplane import Batching, DataPlane, load_model
 from service.errors import Unavailable
 from service.lifecycle import LIFECYCLE
@@ -60,12 +60,15 @@ def create_service(start: StartUp) -> Any:
     )
     @bentoml.asgi_app(playground.app, path=playground.PATH)
     @bentoml.asgi_app(v1.create(plane, server_timing=settings.server_timing), path="/v1")
-    @bentoml.asgi_app(v2.create(plane, server_timing=settings.server_timing), path="/")
+    @bentoml.asgi_app(
+        v2.create(plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes), path="/"
+    )
     class TinyServe:
         def __init__(self) -> None:
             prepare_onnxruntime(runtime)
             registry = Registry(load_model(entry, runtime, batching) for entry in entries)
             self.plane = DataPlane(registry, runtime, LIFECYCLE)
+            self.grpc: Any = None  # this worker's gRPC server (service.grpc_server), started once it is ready
             plane.bind(self.plane)
             logger.info("ready: %s", ", ".join(f"{m.name}/{m.version}" for m in registry.models()))
             logger.info(playground.banner())
@@ -73,6 +76,25 @@ def create_service(start: StartUp) -> Any:
             if threading.current_thread() is threading.main_thread():  # a served worker (not an in-process test)
                 LIFECYCLE.install(settings.drain_seconds)
             compat.join_listeners(per_worker=per_worker_sockets)  # from now on this worker gets connections
+
+        @bentoml.on_startup  # type: ignore[untyped-decorator]
+        async def serve_grpc(self) -> None:
+            """The gRPC front door, once this worker's models are loaded (a served worker only)."""
+            if settings.grpc_port and threading.current_thread() is threading.main_thread():
+                self.grpc = grpc_server.create(
+                    self.plane,
+                    lifecycle=LIFECYCLE,
+                    max_concurrency=settings.max_concurrency,
+                    max_message_bytes=settings.max_body_bytes,
+                    token=settings.api_token.get_secret_value() if settings.api_token else None,
+                )
+                host = (compat.listening_address() or ("0.0.0.0", 0))[0]
+                await grpc_server.serve(self.grpc, host, settings.grpc_port)
+
+        @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+        async def stop_grpc(self) -> None:
+            if self.grpc is not None:
+                await self.grpc.stop(grace=REQUEST_TIMEOUT_S)  # calls in flight finish; new ones: UNAVAILABLE
 
         def __is_ready__(self) -> bool:
             return self.plane.ready()
