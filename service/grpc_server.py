@@ -320,9 +320,7 @@ def _refusing(handler: Any) -> Any:
     return kind(refuse, handler.request_deserializer, handler.response_serializer)
 
 
-def create(
-    plane: DataPlane, *, lifecycle: Lifecycle, max_concurrency: int, max_message_bytes: int, token: str | None
-) -> grpc.aio.Server:
+def create(plane: DataPlane, *, admission: Admission, max_message_bytes: int, token: str | None) -> grpc.aio.Server:
     """The gRPC server of one worker, its services added; not yet bound or started."""
     server = grpc.aio.server(
         interceptors=[TokenInterceptor(token)] if token else None,
@@ -331,9 +329,7 @@ def create(
             ("grpc.max_receive_message_length", max_message_bytes),  # TINYSERVE_MAX_BODY_BYTES, as on HTTP
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, Admission(max_concurrency, lifecycle)), server
-    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, admission), server)
     health_pb2_grpc.add_HealthServicer_to_server(Health(plane), server)
     reflection.enable_server_reflection(
         [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server

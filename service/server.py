@@ -83,8 +83,7 @@ def create_service(start: StartUp) -> Any:
             if settings.grpc_port and threading.current_thread() is threading.main_thread():
                 self.grpc = grpc_server.create(
                     self.plane,
-                    lifecycle=LIFECYCLE,
-                    max_concurrency=settings.max_concurrency,
+                    admission=grpc_server.Admission(settings.max_concurrency, LIFECYCLE),
                     max_message_bytes=settings.max_body_bytes,
                     token=settings.api_token.get_secret_value() if settings.api_token else None,
                 )
