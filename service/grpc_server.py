@@ -174,6 +174,7 @@ def to_v2(request: Any) -> tuple[tensors.InferenceRequest, memoryview]:
     for i, tensor in enumerate(request.inputs):
         parameters = _parameters(tensor.parameters)
         data = None
+        parameters.pop("binary_data_size", None)  # HTTP's framing: on gRPC, raw contents carry their own size
         if raw:
             parameters["binary_data_size"] = len(raw[i])
         elif (data := _typed(tensor)) is None:
