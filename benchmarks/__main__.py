@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks import cases
+from benchmarks import cases, grpc_cases
 from service.machine import Shape, available_cores, choose_shape
 from tests.server import REPO, free_port, launch, stop, wait_ready
 
@@ -116,6 +116,7 @@ def run(quick: bool) -> dict[str, Any]:
         for batch in (1, 1024)
     ]
     report["shapes"] = [measure_shape(shape, requests, bulk_requests, seconds) for shape in shapes(cores.available)]
+    report["grpc"] = grpc_cases.run(default, requests, bulk_requests, seconds)
 
     print("FastAPI peer", flush=True)
     process, url, cold = start_peer(RESULTS / "peer.log")
@@ -204,6 +205,8 @@ def tables(report: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| --local | {local['rows_per_s']:,.0f} | {local['rows_per_s_wall']:,.0f} |",
         f"| --url (V2 binary) | {v2['rows_per_s']:,.0f} | {v2['rows_per_s_wall']:,.0f} |",
+        "",
+        grpc_cases.table(report["grpc"]),
     ]
     return "\n".join(lines)
 
@@ -235,6 +238,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
             1.0,
             False,
         ),
+        *grpc_cases.targets(report["grpc"]),
     ]
     return [
         (name, value, f"{'>=' if higher else '<='} {bar:g}", value >= bar if higher else value <= bar)
