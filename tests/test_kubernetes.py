@@ -10,11 +10,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
 from bentoml._internal.configuration.containers import BentoMLContainer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.server import REQUEST_TIMEOUT_S
 from service.settings import Settings
@@ -22,7 +24,7 @@ from tests.helpers import REPO
 from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
-TARGETS = ["base", "overlays/gpu", "kserve"]
+TARGETS = ["base", "overlays/gpu", "kserve", "kserve-grpc"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = {"name": "tinyserve-api-token", "key": "token"}
 
@@ -44,7 +46,7 @@ def one(target: str, kind: str) -> dict[str, Any]:
 
 def pod_spec(target: str) -> dict[str, Any]:
     """The pod as the target runs it: a Deployment's template, or the InferenceService's predictor."""
-    if target == "kserve":
+    if target.startswith("kserve"):
         return dict(one(target, "InferenceService")["spec"]["predictor"])
     spec: dict[str, Any] = one(target, "Deployment")["spec"]["template"]["spec"]
     return spec
@@ -84,7 +86,7 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)  # raises, naming the field, when invalid
     expected = (
         ["ConfigMap", "InferenceService"]
-        if target == "kserve"
+        if target.startswith("kserve")
         else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
     )
     assert sorted(kinds) == sorted(expected)
@@ -182,12 +184,32 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> N
 @pytest.mark.parametrize("target", TARGETS)
 def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
     serving = container(target)
-    (port,) = serving["ports"]
-    assert port["containerPort"] == BentoMLContainer.http.port.get() == 3000  # where the image's server listens
+    ports = {p.get("name", "http"): p["containerPort"] for p in serving["ports"]}
+    http, grpc_port = BentoMLContainer.http.port.get(), Settings.model_fields["grpc_port"].default
+    expected = {"h2c": grpc_port} if target == "kserve-grpc" else {"http": http}  # KServe routes one port
+    if target in ("base", "overlays/gpu"):
+        expected["grpc"] = grpc_port
+    assert ports == expected and http == 3000  # where the image's server listens
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if "grpc" in serving[probe]:  # the standard health service, answered on the gRPC port
+            check = serving[probe]["grpc"]
+            assert check["port"] == grpc_port
+            with grpc.insecure_channel(server.grpc) as channel:
+                asked = health_pb2.HealthCheckRequest(service=check.get("service", ""))
+                answer = health_pb2_grpc.HealthStub(channel).Check(asked, timeout=30)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            continue
         check = serving[probe]["httpGet"]
-        assert check["port"] in (port["containerPort"], port.get("name"))
+        assert check["port"] in (http, "http")
         assert httpx.get(server.url + check["path"], timeout=30).status_code == 200, check["path"]
+    if target == "kserve-grpc":
+        assert "grpc" in serving["readinessProbe"]
+
+
+def test_the_services_carry_the_grpc_port_as_h2c() -> None:
+    (grpc_port,) = [p for p in one("base", "Service")["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port == {"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c"}
+    assert one("kserve-grpc", "InferenceService")["metadata"]["name"] == "tinyserve-grpc"
 
 
 @pytest.mark.timeout(900)
