@@ -16,6 +16,7 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 import modelrepo
 from client import formats
+from client.grpc_transport import AUTH_CODES, RETRY_CODES, GrpcTransport, RpcFailed
 
 RETRY_STATUS = {429, 502, 503, 504}
 
@@ -127,6 +128,8 @@ class LocalBackend:
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, httpx.TransportError):  # refused, reset, timed out
         return True
+    if isinstance(error, RpcFailed):
+        return error.code in RETRY_CODES
     return isinstance(error, httpx.HTTPStatusError) and error.response.status_code in RETRY_STATUS
 
 
@@ -144,7 +147,7 @@ def _wait(state: RetryCallState) -> float:
 
 
 class RemoteBackend:
-    """A tinyserve server: V2 binary tensors (default) or the typed JSON routes."""
+    """A tinyserve server: V2 binary tensors (default), V2 over gRPC, or the typed JSON routes."""
 
     def __init__(
         self,
@@ -156,17 +159,21 @@ class RemoteBackend:
         retries: int,
         backoff: float = 0.5,
         token: str | None = None,
+        grpc_port: int = 8001,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
         self.protocol = protocol
-        self._send = retry(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(retries + 1),
-            wait=_wait,
-            reraise=True,
-        )(self._send_once)
+        retrying = retry(
+            retry=retry_if_exception(_retryable), stop=stop_after_attempt(retries + 1), wait=_wait, reraise=True
+        )
+        self._send = retrying(self._send_once)
         self._send.retry.backoff = backoff  # type: ignore[attr-defined]
+        self.rpc: GrpcTransport | None = None
+        if protocol == "grpc":  # the card still comes over HTTP: the protocol's metadata has no task or rule
+            self.rpc = GrpcTransport(f"{self.http.base_url.host}:{grpc_port}", timeout=timeout, token=token)
+            self._infer_rpc = retrying(self.rpc.infer)
+            self._infer_rpc.retry.backoff = backoff  # type: ignore[attr-defined]
         try:
             card = self.send("GET", f"/v1/models/{model}", None, {}).json()["card"]
         except ClientFault as e:
@@ -199,6 +206,8 @@ class RemoteBackend:
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
         if self.protocol == "json":
             return self._predict_json(x)
+        if self.rpc is not None:
+            return records_from_output(self.kind, self._predict_grpc(x))
         header = json.dumps(
             {
                 "inputs": [
@@ -223,6 +232,21 @@ class RemoteBackend:
         out = np.frombuffer(response.content[length:], dtype="<f4").reshape(described["shape"])
         return records_from_output(self.kind, out)
 
+    def _predict_grpc(self, x: np.ndarray) -> np.ndarray:
+        assert self.rpc is not None
+        try:
+            out: np.ndarray = self._infer_rpc(self.kind.name, self.kind.output, x)
+            return out
+        except RpcFailed as e:
+            if e.code in AUTH_CODES:
+                raise AuthenticationFailed(
+                    f"{self.rpc.address} refused the API token ({e.code}): {e.details}; "
+                    "give the right one with --token or TINYSERVE_SCORE_TOKEN"
+                ) from None
+            if e.code in RETRY_CODES or e.code in ("INTERNAL", "UNKNOWN"):
+                raise ServerUnavailable(f"gRPC {self.rpc.address}: {e} after every retry") from e
+            raise ClientFault(f"the server refused it ({e.code}): {e.details}") from None
+
     def _predict_json(self, x: np.ndarray) -> list[dict[str, Any]]:
         field = "images" if self.kind.task == "multiclass-classification" else "x"
         rows = x[:, 0].tolist() if field == "images" else (x[:, 0] if x.shape[1] == 1 else x).tolist()
@@ -240,6 +264,8 @@ class RemoteBackend:
 
     def close(self) -> None:
         self.http.close()
+        if self.rpc is not None:
+            self.rpc.close()
 
 
 def _describe(error: BaseException) -> str:
