@@ -11,9 +11,11 @@ SO_REUSEPORT, so the kernel spreads connections over the workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -39,6 +41,7 @@ from service.errors import (
     UnsupportedMedia,
 )
 from service.lifecycle import Lifecycle
+from service.runtime import StartRefused, refuse_start
 from service.timing import Timing
 
 logger = logging.getLogger("bentoml.tinyserve")
@@ -336,6 +339,24 @@ def create(plane: DataPlane, *, admission: Admission, max_message_bytes: int, to
         [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     return server
+
+
+def check_port(host: str, port: int) -> None:
+    """In the server process, before any worker: the gRPC port is free, or the start is refused in one line
+    (a worker that cannot bind would be restarted forever; with SO_REUSEPORT a second server would share it)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    taken = f"the gRPC port {where} is already in use: stop what listens there, or set TINYSERVE_GRPC_PORT (0: off)"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reachable = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    with contextlib.suppress(OSError), socket.create_connection((reachable, port), timeout=2):
+        refuse_start(StartRefused(taken))  # something listens there, SO_REUSEPORT or not
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            refuse_start(StartRefused(taken if e.errno == errno.EADDRINUSE else f"gRPC cannot listen on {where}: {e}"))
 
 
 async def serve(server: grpc.aio.Server, host: str, port: int) -> int:

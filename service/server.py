@@ -8,6 +8,7 @@ call. Nothing here runs on import.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -46,7 +47,8 @@ def create_service(start: StartUp) -> Any:
     fenced = compat.check()  # the internals compat reaches into are the ones it was written for
     per_worker_sockets = fenced and settings.reuse_port and runtime.shape.workers > 1
     if fenced:
-        compat.hold_address_per_worker(per_worker=per_worker_sockets)
+        grpc_check = functools.partial(grpc_server.check_port, port=settings.grpc_port) if settings.grpc_port else None
+        compat.hold_address_per_worker(per_worker=per_worker_sockets, also=grpc_check)
     plane = PlaneHolder()
     batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
 

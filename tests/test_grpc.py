@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.helpers import FEATURES, OUTPUTS, Reference, v2_inputs
-from tests.server import REPO, Server, running
+from tests.server import REPO, Server, launch, running, stop
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "grpc-test-token"
@@ -237,3 +238,30 @@ def test_grpc_and_http_requests_are_counted_by_protocol(
     tensor.set_data_from_numpy(np.ones((1, 1), np.float32))
     client.infer("linear", [tensor], headers=HEADERS)
     assert (counted("grpc"), counted("http")) == (before[0] + 1, before[1])
+
+
+def _refused_lines(log: Path, grpc_port: int) -> list[str]:
+    server = launch(log, {"TINYSERVE_GRPC_PORT": str(grpc_port)})
+    try:
+        server.process.wait(timeout=120)
+    finally:
+        stop(server)
+    assert server.process.returncode == 2, server.output()
+    assert "Traceback" not in server.output() and "] loaded " not in server.output()  # no worker ever started
+    return [line for line in server.output().splitlines() if line.strip()]
+
+
+def test_a_grpc_port_in_use_refuses_the_start_in_one_line(served: Server, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lines = _refused_lines(tmp_path / "taken.log", port)
+    assert lines[-1] == (
+        f"tinyserve: refusing to start: the gRPC port 127.0.0.1:{port} is already in use: "
+        "stop what listens there, or set TINYSERVE_GRPC_PORT (0: off)"
+    )
+    assert all("[INFO]" in line for line in lines[:-1]), lines  # before it, only the start-up decision
+    # SO_REUSEPORT would let a second server share the first one's port: it is refused instead
+    shared = _refused_lines(tmp_path / "second.log", int(served.grpc.rsplit(":", 1)[1]))
+    assert shared[-1].startswith(f"tinyserve: refusing to start: the gRPC port {served.grpc} is already in use")
