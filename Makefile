@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-gpu lint format train bench fuzz soak clean system-deps lock image image-cuda kserve-client
+.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak attack clean system-deps lock image image-cuda kserve-client
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,22 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --target $(ORT_GPU) onnxruntime-gpu==1.31.1
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed system-deps lint  ## install everything, lint, run both tiers (in process, then real processes)
+# checkov (security checks of deploy/kubernetes/, in tests/test_kubernetes.py) in a virtualenv of its own: it
+# pins packaging, networkx and python-dateutil below the versions serving, Ray and training use.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	@touch $@
+
+# axe-core for the playground's accessibility tests, from npm at the version of tests/ui/package-lock.json.
+AXE := tests/ui/node_modules/axe-core/axe.min.js
+$(AXE): tests/ui/package.json tests/ui/package-lock.json
+	@command -v npm >/dev/null || { echo "make test: npm is missing (Node.js 18+ with npm installs axe-core)" >&2; exit 2; }
+	npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed $(KSERVE_VENV)/.installed system-deps $(AXE) lint  ## install everything, lint, run both tiers (in process, then real processes)
 	$(BIN)/pytest -m "not process"
 	$(BIN)/pytest -m "process and not gpu"
 
@@ -93,11 +108,35 @@ format: $(VENV)/.all  ## apply ruff's fixes and formatting
 train: $(VENV)/.all  ## retrain and re-export all four models into models/
 	$(BIN)/python -m training
 
-bench: $(VENV)/.all  ## measure serving and its scaling over worker/thread shapes against raw ONNX Runtime and a FastAPI peer (minutes; not in make test)
+bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread shapes, then against the frameworks (bench-peers)
 	$(BIN)/python -m benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.peers $(ARGS)
+
+# The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (every
+# package pinned: a `pip freeze` of what requirements.in, the framework and onnxruntime, installed)
+# in a virtualenv of its own, .venv-peers/NAME: their pins clash with each other and with tinyserve's.
+PEERS      := fastapi litserve mlserver kserve ray_serve bentoml
+PEER_VENVS ?= .venv-peers
+$(PEER_VENVS)/%/.installed: benchmarks/peers/%/requirements.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/pip install --quiet -r $<
+	@touch $@
+
+peers: $(foreach p,$(PEERS),$(PEER_VENVS)/$(p)/.installed)  ## install the frameworks of bench-peers into .venv-peers/ (~2 GB)
+
+bench-peers: $(VENV)/.all peers  ## tinyserve against FastAPI, LitServe, MLServer, KServe, Ray Serve, BentoML (3 rounds, ~15 min)
+	$(BIN)/python -m benchmarks.peers $(ARGS)
 
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)
 	TINYSERVE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/test_hardening.py -k "contract or framings" -p no:cacheprovider
+
+# Against a server already running (make serve, a container, a pod behind kubectl port-forward).
+URL ?= http://$(HOST):$(PORT)
+attack: $(VENV)/.all  ## replay issue 21's attacks on the server at URL= (TOKEN=, METRICS_TOKEN=, PID=) and print a table
+	$(BIN)/python -m benchmarks.attack --url $(URL) $(if $(TOKEN),--token $(TOKEN)) \
+	  $(if $(METRICS_TOKEN),--metrics-token $(METRICS_TOKEN)) $(if $(PID),--pid $(PID))
 
 soak: $(VENV)/.all  ## 30 minutes of mixed traffic at 40 requests/s: statuses, latency over time, server memory
 	$(BIN)/python -m benchmarks.soak --minutes 30
@@ -118,4 +157,4 @@ lock: $(VENV)/.all  ## lock requirements/serve*.txt into requirements/*.lock.txt
 	$(LOCK) $(ARGS) requirements/serve-cuda.txt -o requirements/serve-cuda.lock.txt
 
 clean:  ## remove the virtual environment, caches and build/ (wheelhouses, temporary build contexts)
-	rm -rf $(VENV) $(GPU_VENV) $(KSERVE_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) $(CHECKOV_VENV) $(KSERVE_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
-from benchmarks import cases, grpc_cases
+from benchmarks import cases, grpc_cases, peers
+from benchmarks.server import REPO, launch, stop, wait_ready
 from service.machine import Shape, available_cores, choose_shape
-from tests.server import REPO, free_port, launch, stop, wait_ready
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -46,35 +44,10 @@ def serve(shape: Shape, log: Path, extra: dict[str, str] | None = None) -> tuple
     return server, time.perf_counter() - started
 
 
-def start_peer(log: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    port = free_port()
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "uvicorn", "benchmarks.peers.fastapi_peer:app", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--no-access-log", "--log-level", "warning"],
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-        if process.poll() is not None:
-            raise RuntimeError(log.read_text())
-    return process, url, time.perf_counter() - started
-
-
-def single_images(url: str, requests: int) -> list[dict[str, Any]]:
-    """One LeNet image per request on the typed route, at concurrency 1 and 32."""
+def single_images(url: str, requests: int, path: str = "/v1/lenet/predict") -> list[dict[str, Any]]:
+    """One LeNet image per request on the typed route (or the peer's), at concurrency 1 and 32."""
     body = cases.lenet_image_json()
-    return [
-        {"concurrency": c} | cases.load(f"{url}/v1/lenet/predict", body, c, requests * (4 if c > 1 else 1))
-        for c in (1, 32)
-    ]
+    return [{"concurrency": c} | cases.load(f"{url}{path}", body, c, requests * (4 if c > 1 else 1)) for c in (1, 32)]
 
 
 def measure_shape(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict[str, Any]:
@@ -118,13 +91,18 @@ def run(quick: bool) -> dict[str, Any]:
     report["shapes"] = [measure_shape(shape, requests, bulk_requests, seconds) for shape in shapes(cores.available)]
     report["grpc"] = grpc_cases.run(default, requests, bulk_requests, seconds)
 
+    # the FastAPI app of bench-peers, in this environment, one worker per core as the other servers
     print("FastAPI peer", flush=True)
-    process, url, cold = start_peer(RESULTS / "peer.log")
+    fastapi = peers.BY_NAME["fastapi"]
+    peer = peers.start(fastapi, RESULTS / "peer.log", python=Path(sys.executable), workers=cores.available)
     try:
-        report["peer"] = {"cold_start_s": cold, "single": single_images(url, requests)}
+        report["peer"] = {
+            "workers": cores.available,
+            "cold_start_s": peer.cold_start_s,
+            "single": single_images(peer.url, requests, "/predict"),
+        }
     finally:
-        process.terminate()
-        process.wait()
+        peer.stop()
 
     print("tritonclient.http and tinyserve-score, default shape", flush=True)
     images = RESULTS / "bulk-images.npy"
@@ -188,7 +166,8 @@ def tables(report: dict[str, Any]) -> str:
             f"| {s['cold_start_s']:.1f} s |"
         )
     lines.append(
-        f"| FastAPI peer (1 worker) | {peer[1]['rps']:,.0f}, {peer[1]['p50_ms']:.1f}/{peer[1]['p99_ms']:.1f} "
+        f"| FastAPI peer ({report['peer'].get('workers', 1)} workers) "
+        f"| {peer[1]['rps']:,.0f}, {peer[1]['p50_ms']:.1f}/{peer[1]['p99_ms']:.1f} "
         f"| {peer[32]['rps']:,.0f}, {peer[32]['p50_ms']:.1f}/{peer[32]['p99_ms']:.1f}, 1.00x | - | - "
         f"| {report['peer']['cold_start_s']:.1f} s |"
     )

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from tests.helpers import held_out_digits, upscale_32
-from tests.server import REPO
+from benchmarks.digits import held_out_digits, upscale_32
+from benchmarks.server import REPO
 
 MODELS = REPO / "models"
 
@@ -47,15 +47,24 @@ def raw_onnxruntime(
 
 
 def load(
-    url: str, body: bytes, concurrency: int, requests: int, headers: dict[str, str] | None = None
+    url: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    headers: dict[str, str] | None = None,
+    *,
+    seconds: float = 120,
+    warm_up: int | None = None,
 ) -> dict[str, Any]:
-    """benchmarks.load in its own process: requests/s, p50, p99 and its own CPU time."""
+    """benchmarks.load in its own process: requests/s, p50, p99 and its own CPU time (at most `seconds`)."""
     with tempfile.NamedTemporaryFile(suffix=".body") as f:
         f.write(body)
         f.flush()
-        command = [sys.executable, "-m", "benchmarks.load", url, f.name, str(concurrency), str(requests), "120"]
+        command = [sys.executable, "-m", "benchmarks.load", url, f.name, str(concurrency), str(requests), str(seconds)]
         if headers:
             command.append(json.dumps(headers))
+        if warm_up is not None:
+            command.append(f"--warm-up={warm_up}")
         out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     return result

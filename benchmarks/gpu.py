@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import cases
+from benchmarks.server import running
 from service import cuda
 from service.machine import available_cores
-from tests.server import running
 
 OPTIONS = cuda.provider_options(device_id=0, tf32=False, conv_algo_search="HEURISTIC")  # the server's defaults
 

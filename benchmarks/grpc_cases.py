@@ -26,8 +26,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from benchmarks import cases
+from benchmarks.server import REPO, launch, stop, wait_ready
 from service.machine import Shape
-from tests.server import REPO, launch, stop, wait_ready
 
 CHANNELS = 8  # connections the load opens at most: a client pool, spread over the workers
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import modelrepo
-from tests.helpers import REPO, held_out_digits, upscale_32
+from benchmarks.digits import held_out_digits, upscale_32
+from benchmarks.server import REPO
 
 RUNS = {
     "threads (1 process, 4 chunks in flight)": [],

@@ -27,8 +27,8 @@ import psutil
 import uvloop
 from PIL import Image
 
-from tests.helpers import held_out_digits, render, upscale_32
-from tests.server import Server, running
+from benchmarks.digits import held_out_digits, render, upscale_32
+from benchmarks.server import Server, running
 
 JSON = {"content-type": "application/json"}
 

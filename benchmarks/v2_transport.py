@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as triton
 
-from tests.server import running
+from benchmarks.server import running
 
 
 def _time(client: triton.InferenceServerClient, x: np.ndarray, binary: bool, repeats: int) -> float:

@@ -209,6 +209,31 @@ def _where(address: tuple[Any, ...]) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def watch_workers(on_exit: Callable[..., bool], argv: Sequence[str] = sys.argv) -> None:
+    """In the server process: call `on_exit` for each worker circus reaps (BentoML restarts one silently).
+
+    circus calls a watcher's `after_reap` hook with the exit status of each process it reaps; the hook is
+    added to every watcher as BentoML hands them to circus.
+    """
+    if _option(argv, "--fd") is not None:
+        return  # a worker: the server process watches
+    from bentoml._internal.utils import circus
+
+    create_arbiter: Callable[..., Any] = circus.create_standalone_arbiter
+    if getattr(create_arbiter, "watches_workers", False):
+        return
+
+    def create_standalone_arbiter(watchers: list[Any], *args: Any, **kwargs: Any) -> Any:
+        for watcher in watchers:
+            watcher.hooks["after_reap"] = on_exit
+            watcher.ignore_hook_failure.append("after_reap")
+        return create_arbiter(watchers, *args, **kwargs)
+
+    create_standalone_arbiter.watches_workers = True  # type: ignore[attr-defined]
+    circus.create_standalone_arbiter = create_standalone_arbiter
+    logger.info("workers: each exit is logged with its cause")
+
+
 # -- 2. prompt ACKs while a request body is read
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

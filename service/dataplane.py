@@ -125,7 +125,7 @@ class DataPlane:
         if model.kind is not modelrepo.ModelKind.IMAGE:
             raise InvalidInput(f"model '{name}' does not take pictures: it is a {model.card.task} model")
         try:
-            x = images.to_lenet_input(data)
+            x = await images.to_lenet_input_async(data)
         except images.ImageRejected as e:
             raise REJECTED.get(e.status, InvalidInput)(str(e)) from None
         out = await model.infer(x[None])

@@ -18,7 +18,8 @@ import bentoml
 from service import compat, grpc_server, playground, v1, v2
 from service.dataplane import Batching, DataPlane, load_model
 from service.errors import Unavailable
-from service.lifecycle import LIFECYCLE
+from service.fastpath import FastPath
+from service.lifecycle import LIFECYCLE, log_exit
 from service.middleware import GuardMiddleware
 from service.registry import Registry
 from service.runtime import StartUp, prepare_onnxruntime, tune_gc
@@ -49,6 +50,7 @@ def create_service(start: StartUp) -> Any:
     if fenced:
         grpc_check = functools.partial(grpc_server.check_port, port=settings.grpc_port) if settings.grpc_port else None
         compat.hold_address_per_worker(per_worker=per_worker_sockets, also=grpc_check)
+        compat.watch_workers(log_exit)
     plane = PlaneHolder()
     batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
 
@@ -56,12 +58,14 @@ def create_service(start: StartUp) -> Any:
         name="tinyserve",
         workers=runtime.shape.workers,
         traffic={"timeout": REQUEST_TIMEOUT_S},
-        metrics={"enabled": True},
+        # BentoML's request metrics label the raw path (a series per unknown URL); the guard counts requests by
+        # route template and serves /metrics (every worker's series, BentoML's and ours) behind its token.
+        metrics={"enabled": False},
         logging={"access": {"enabled": settings.access_log}},
         tracing={} if settings.tracing else {"excluded_urls": [".*"]},  # off: every URL skips the span work
     )
     @bentoml.asgi_app(playground.app, path=playground.PATH)
-    @bentoml.asgi_app(v1.create(plane, server_timing=settings.server_timing), path="/v1")
+    @bentoml.asgi_app(v1.create(plane), path="/v1")
     @bentoml.asgi_app(
         v2.create(plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes), path="/"
     )
@@ -108,5 +112,8 @@ def create_service(start: StartUp) -> Any:
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
+    )
+    TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
+        FastPath, plane=plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes
     )
     return TinyServe

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # models/ beside this package: the repo root from source, the bento's src/ from a built bento.
@@ -53,6 +54,39 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="when set, predict routes require 'Authorization: Bearer <token>'"
     )
+    # Edge limits and authentication (issue 21): what a cheap request may cost a worker, and who may ask.
+    api_token_file: Path | None = Field(
+        None,
+        description="a file holding the API token (a mounted Kubernetes Secret), instead of TINYSERVE_API_TOKEN; "
+        "read at start, surrounding whitespace stripped",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="when set, /metrics requires 'Authorization: Bearer <it>' (else the API token, when set)"
+    )
+    metrics_token_file: Path | None = Field(
+        None, description="a file holding the metrics token, instead of TINYSERVE_METRICS_TOKEN"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers larger than this get 431 and a closed connection"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds from a request's first byte to the end of its headers; then 408 and close"
+    )
+    idle_timeout: float = Field(
+        5.0, gt=0, description="seconds a connection may wait, before its first request or between two, then closes"
+    )
+    body_timeout: float = Field(
+        10.0, gt=0, description="seconds for a model request's whole body to arrive after its headers; then 408"
+    )
+    request_timeout: float = Field(
+        25.0, gt=0, description="seconds until a model request's answer starts; then 504 (below BentoML's 30 s)"
+    )
+    max_body_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="request body bytes a worker holds at once (read or being read); more get 429 with Retry-After",
+    )
+
     server_timing: bool = Field(
         False, description="answer a Server-Timing header (parse, queue, run, encode) on predict and infer routes"
     )
@@ -61,4 +95,67 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="the Open Inference Protocol over gRPC on this port, in every worker (SO_REUSEPORT); 0 = off",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_files(cls, data: Any) -> Any:
+        """A token file stands for its variable: read here, so that the rest of the service sees one token."""
+        if not isinstance(data, dict):
+            return data
+        for name in ("api_token", "metrics_token"):
+            path = data.get(f"{name}_file")
+            if path and data.get(name) is None:
+                with contextlib.suppress(OSError):  # the file's own validator names the problem
+                    if text := Path(path).read_text().strip():
+                        data = {**data, name: text}
+        return data
+
+    @field_validator("api_token", "metrics_token")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        """Set but blank must not mean "no authentication"; a trailing newline is no part of a token."""
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not token:
+            raise ValueError("set but blank; give a token, or unset the variable to serve without authentication")
+        return SecretStr(token)
+
+    @field_validator("api_token_file", "metrics_token_file")
+    @classmethod
+    def _token_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        name = (info.field_name or "").removesuffix("_file")
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        if not text:
+            raise ValueError(f"{path} is empty; it must hold the token")
+        given = info.data.get(name)
+        if given is not None and given.get_secret_value() != text:
+            raise ValueError(f"TINYSERVE_{name.upper()} is set too; give the token one way")
+        return path
+
+    @field_validator("max_body_bytes_in_flight")
+    @classmethod
+    def _holds_one_body(cls, value: int, info: ValidationInfo) -> int:
+        largest = info.data.get("max_body_bytes", 0)
+        if value < largest:
+            raise ValueError(f"expected at least TINYSERVE_MAX_BODY_BYTES ({largest}), got {value}")
+        return value
+
+
+def auth_summary(settings: Settings) -> str:
+    """The start-up line that says whether requests need a token, and which routes stay open."""
+    if settings.api_token is None:
+        metrics = "/metrics needs the metrics token" if settings.metrics_token else "/metrics is open"
+        return f"authentication: OFF, every route is open (set TINYSERVE_API_TOKEN_FILE to require a token); {metrics}"
+    source = "TINYSERVE_API_TOKEN_FILE" if settings.api_token_file else "TINYSERVE_API_TOKEN"
+    metrics = "its own token" if settings.metrics_token else "the API token"
+    return (
+        f"authentication: on (token from {source}); open without it: the probes and the page's static files; "
+        f"/metrics needs {metrics}"
     )

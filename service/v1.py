@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-import orjson
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
@@ -18,12 +17,11 @@ from fastapi.responses import FileResponse, Response
 from service.dataplane import DataPlane, front_door
 from service.errors import ModelNotFound, echo, error_response
 from service.schemas import ImageResponse, ModelInfo, ModelList, explain
-from service.timing import Timing
 
 PlaneSource = Callable[[], DataPlane]
 
 
-def create(plane: PlaneSource, *, server_timing: bool = False) -> FastAPI:
+def create(plane: PlaneSource) -> FastAPI:
     """The /v1 app over the data plane that `plane()` returns (bound once the worker has loaded it)."""
     app = front_door("tinyserve /v1")
 
@@ -38,13 +36,6 @@ def create(plane: PlaneSource, *, server_timing: bool = False) -> FastAPI:
         )
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
         return error_response(400, message, detail)
-
-    @app.post("/{name}/predict", include_in_schema=False)
-    async def predict(name: str, request: Request) -> Response:
-        timing = Timing()
-        answer = await plane().predict(name, await request.body(), timing)
-        headers = {"server-timing": timing.header()} if server_timing else None
-        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
     @app.get(
         "/models",

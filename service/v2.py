@@ -8,7 +8,7 @@ and runs the model, and the answer is encoded back; large bodies are worked on a
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -130,30 +130,39 @@ INFER_DOC: dict[str, Any] = {
 async def _infer(
     plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool, max_body_bytes: int
 ) -> Response:
-    with metrics.counting("http"):
-        return await _infer_counted(plane, name, version, request, timing_on, max_body_bytes)
-
-
-async def _infer_counted(
-    plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool, max_body_bytes: int
-) -> Response:
     plane.model(name, version)  # an unknown model is refused before its body is read
-    timing = Timing()
     body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ENCODINGS:
+    content, headers = await answer(plane, name, version, body, request.headers, timing_on, max_body_bytes)
+    return Response(content, headers=headers)
+
+
+async def answer(
+    plane: DataPlane,
+    name: str,
+    version: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    timing_on: bool,
+    max_body_bytes: int,
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 inference request's body and headers -> the answer's body and headers (service.fastpath serves it)."""
+    with metrics.counting("http"):
+        timing = Timing()
+        encoding = headers.get("content-encoding", "identity").strip().lower()
         with timing.measure("parse"):
-            body = await on_thread_if(len(body) > THREAD_BINARY_BYTES // 8, inflate, body, encoding, max_body_bytes)
-    with timing.measure("parse"):
-        parsed, binary, heavy = await decode_request(body, request.headers.get(tensors.HEADER))
-    result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
-    with timing.measure("encode"):
-        content, json_length = await encode(result)
-    headers = {"server-timing": timing.header()} if timing_on else {}
+            if encoding in ENCODINGS:  # what the guard let through: gzip or deflate, bounded as it inflates
+                body = await on_thread_if(len(body) > THREAD_BINARY_BYTES // 8, inflate, body, encoding, max_body_bytes)
+            parsed, binary, heavy = await decode_request(body, headers.get(tensors.HEADER))
+        result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
+        with timing.measure("encode"):
+            content, json_length = await encode(result)
+    out = {"server-timing": timing.header()} if timing_on else {}
     if json_length is None:
-        return Response(content, media_type="application/json", headers=headers)
-    headers["inference-header-content-length"] = str(json_length)
-    return Response(content, media_type="application/octet-stream", headers=headers)
+        return content, out | {"content-type": "application/json"}
+    return content, out | {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(json_length),
+    }
 
 
 def inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

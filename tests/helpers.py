@@ -1,21 +1,19 @@
-"""Things several test modules need: direct ONNX Runtime runs and held-out digits."""
+"""Things several test modules need: direct ONNX Runtime runs, held-out digits (benchmarks/digits.py), metrics."""
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+
+from benchmarks.digits import held_out_digits, render, upscale_32
 
 REPO = Path(__file__).resolve().parents[1]
-LENET_SEED = 2  # training/recipes.py pins it: the held-out split is the one the card measured
+__all__ = ["REPO", "Reference", "held_out_digits", "metric", "render", "run_onnx", "session", "upscale_32"]
 
 
 @cache
@@ -80,33 +78,6 @@ class Reference:
         expected = self.run(name, x)
         got = np.asarray(got, dtype=np.float32).reshape(expected.shape)
         np.testing.assert_allclose(got, expected, **self.tolerance)  # with 0 and 0: bit for bit
-
-
-@cache
-def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The held-out 8x8 digits (0..1) and labels of LeNet's card."""
-    digits = load_digits()
-    _, test = train_test_split(
-        np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=LENET_SEED
-    )
-    return digits.images[test] / 16.0, digits.target[test]
-
-
-def upscale_32(image8: np.ndarray) -> np.ndarray:
-    """The training preprocessing, without torch: bilinear 8x8 -> 32x32 (align_corners=False)."""
-    from service.images import _UPSCALE
-
-    return (_UPSCALE @ image8 @ _UPSCALE.T).astype(np.float32)
-
-
-def render(image8: np.ndarray, size: tuple[int, int], *, dark_on_light: bool, fmt: str = "PNG") -> bytes:
-    """A digit as a person would photograph it: big, smooth, any aspect, dark pen on white paper."""
-    big = np.kron(image8, np.ones((40, 40)))
-    pixels = (1 - big) if dark_on_light else big
-    image = Image.fromarray((255 * pixels).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def metric(text: str, sample: str, **labels: str) -> float:

@@ -229,7 +229,7 @@ def test_grpc_and_http_requests_are_counted_by_protocol(
     client: triton_grpc.InferenceServerClient, served: Server
 ) -> None:
     def counted(protocol: str) -> float:
-        text = httpx.get(f"{served.url}/metrics", timeout=30).text
+        text = httpx.get(f"{served.url}/metrics", headers=HEADERS, timeout=30).text  # the API token: no metrics one
         row = f'tinyserve_infer_requests_total{{outcome="ok",protocol="{protocol}"}} '
         return sum(float(line.removeprefix(row)) for line in text.splitlines() if line.startswith(row))
 

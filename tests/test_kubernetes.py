@@ -3,7 +3,10 @@ the service's own settings, routes, port and shutdown, so that the manifests and
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -24,9 +27,12 @@ from tests.helpers import REPO
 from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
+IMAGE_UID = int(re.search(r"set bento__uid_gid = (\d+)", (REPO / "deploy/image/Dockerfile.j2").read_text())[1])  # type: ignore[index]
 TARGETS = ["base", "overlays/gpu", "kserve", "kserve-grpc"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
-TOKEN_SECRET = {"name": "tinyserve-api-token", "key": "token"}
+TOKEN_SECRET = "tinyserve-api-token"
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
+TOKEN_FILES = {"TINYSERVE_API_TOKEN_FILE": "token", "TINYSERVE_METRICS_TOKEN_FILE": "metrics-token"}
 
 
 @cache
@@ -85,9 +91,9 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
             continue  # a custom resource: its pod part is checked below
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)  # raises, naming the field, when invalid
     expected = (
-        ["ConfigMap", "InferenceService"]
+        ["ConfigMap", "InferenceService", "NetworkPolicy"]
         if target.startswith("kserve")
-        else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+        else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"]
     )
     assert sorted(kinds) == sorted(expected)
 
@@ -120,12 +126,57 @@ def test_the_settings_are_the_services_own(target: str, monkeypatch: pytest.Monk
     fields = {f"TINYSERVE_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        if name not in TOKEN_FILES:  # files of the pod's Secret, checked below
+            monkeypatch.setenv(name, value)
     settings = Settings()  # the service's own parsing: raises on a value it would refuse at start
     assert settings.workers * settings.threads <= _cpus(container(target)["resources"]["limits"]["cpu"])
-    token = [e for e in container(target)["env"] if e["name"] == "TINYSERVE_API_TOKEN"]
-    assert token == [{"name": "TINYSERVE_API_TOKEN", "valueFrom": {"secretKeyRef": TOKEN_SECRET}}]
     assert "TINYSERVE_API_TOKEN" not in one(target, "ConfigMap")["data"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_tokens_are_files_of_the_secret_and_required(target: str) -> None:
+    """Mounted read-only from the Secret, every key required: a pod without them does not start."""
+    serving, spec = container(target), pod_spec(target)
+    (mount,) = [m for m in serving["volumeMounts"] if m["name"] == "tokens"]
+    assert mount["readOnly"] is True
+    secret = {v["name"]: v for v in spec["volumes"]}["tokens"]["secret"]
+    assert secret["secretName"] == TOKEN_SECRET and "optional" not in secret
+    keys = {item["key"]: item["path"] for item in secret["items"]}
+    for variable, key in TOKEN_FILES.items():
+        (value,) = [e["value"] for e in serving["env"] if e["name"] == variable]
+        assert value == f"{mount['mountPath']}/{keys[key]}"
+    assert not [e for e in serving["env"] if "valueFrom" in e]  # no secret as a variable
+
+
+def _as_pods(target: str) -> list[dict[str, Any]]:
+    """The rendered objects, the InferenceService's predictor as the pod it becomes (checkov skips custom kinds)."""
+    if target != "kserve":
+        return list(render(target))
+    service = one(target, "InferenceService")
+    kserve_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor", "annotations": service["metadata"]["annotations"]},
+        "spec": {k: v for k, v in service["spec"]["predictor"].items() if k not in kserve_fields},
+    }
+    return [*render(target), pod]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_checkov_finds_nothing_and_every_skipped_check_says_why(target: str, tmp_path: Path) -> None:
+    if not CHECKOV.exists():
+        pytest.fail("checkov is needed to check deploy/kubernetes/: `make test` installs it (.venv-checkov)")
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(yaml.safe_dump_all(_as_pods(target)))
+    command = [str(CHECKOV), "-f", str(manifests), "--framework", "kubernetes", "--skip-download", "-o", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == [] and report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] >= 80  # the workload was checked (85 checks apply to it)
+    for skipped in report["results"]["skipped_checks"]:
+        assert len(skipped["check_result"]["suppress_comment"]) > 20, skipped["check_id"]  # a reason, not a shrug
 
 
 def _cpus(quantity: str) -> float:
@@ -161,16 +212,17 @@ def test_rollouts_and_disruptions_keep_a_pod_serving() -> None:
 def test_the_pod_runs_unprivileged_on_a_read_only_root(target: str) -> None:
     spec, serving = pod_spec(target), container(target)
     assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == IMAGE_UID >= 10000  # no user of the node's
     assert serving["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
     home = next(e["value"] for e in serving["env"] if e["name"] == "BENTOML_HOME")
-    writable = {mount["mountPath"] for mount in serving["volumeMounts"]}
-    assert writable == {"/tmp"} and Path(home).is_relative_to("/tmp")
+    writable = [mount for mount in serving["volumeMounts"] if not mount.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == ["/tmp"] and Path(home).is_relative_to("/tmp")
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert all("emptyDir" in volumes[m["name"]] for m in serving["volumeMounts"])
+    assert all("emptyDir" in volumes[m["name"]] for m in writable)
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> None:
@@ -221,8 +273,14 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
         pytest.fail("bubblewrap (bwrap) is needed to run the service on a read-only root: make system-deps")
     serving = container("base")
     env = dict(one("base", "ConfigMap")["data"]) | {e["name"]: e["value"] for e in serving["env"] if "value" in e}
-    env["TINYSERVE_API_TOKEN"] = "k8s-test-token"
-    mounts = [arg for m in serving["volumeMounts"] for arg in ("--tmpfs", m["mountPath"])]
+    secret = tmp_path / "secret"  # the Secret's keys, mounted read-only where the pod mounts them
+    secret.mkdir()
+    (secret / "token").write_text("k8s-test-token\n")
+    (secret / "metrics-token").write_text("k8s-metrics-token\n")
+    mounts = ["--tmpfs", "/run"]  # the secret's mount point is made there (/var/run is /run)
+    for m in serving["volumeMounts"]:
+        where = os.path.realpath(m["mountPath"])
+        mounts += ["--ro-bind", str(secret), where] if m.get("readOnly") else ["--tmpfs", where]
     # the checkout bound again on top, read-only, in case it lies below a volume's mount path (a clone in /tmp)
     checkout = ("--ro-bind", str(REPO), str(REPO))
     sandbox = (
@@ -243,6 +301,8 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
         answer = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}, headers=headers, timeout=30)
         assert answer.status_code == 200 and answer.json()["y"] == [pytest.approx(12.08, abs=0.01)]
         assert httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0]}, timeout=30).status_code == 401
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # Prometheus' files under BENTOML_HOME
+        assert httpx.get(f"{server.url}/metrics", headers=headers, timeout=30).status_code == 401  # not the API's
+        scraper = {"Authorization": "Bearer k8s-metrics-token"}
+        metrics = httpx.get(f"{server.url}/metrics", headers=scraper, timeout=30).text  # files under BENTOML_HOME
         assert 'tinyserve_rows_inferred_total{model="linear",version="1"} 1.0' in metrics
         assert "Read-only file system" not in server.output()

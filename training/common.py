@@ -67,6 +67,7 @@ class Trained:
     losses: list[float] = field(default_factory=list)
     input_range: tuple[float, float] | None = None  # the input's rule on values (None: any finite number)
     examples: list[Any] | None = None  # rows of an example request (the API docs show and send them)
+    extra: dict[str, Any] = field(default_factory=dict)  # the card's `extra`: e.g. LeNet's recognition rule
 
 
 def _strip_debug_metadata(model: onnx.ModelProto) -> None:
@@ -164,7 +165,7 @@ def export(trained: Trained, out: Path, version: str = "1") -> modelrepo.ModelEn
             "onnx": onnx.__version__,
         },
         labels=trained.labels,
-        extra={"examples": trained.examples} if trained.examples is not None else {},
+        extra=trained.extra | ({"examples": trained.examples} if trained.examples is not None else {}),
     )
     modelrepo.write_card(card, directory)
     return modelrepo.ModelEntry(card=card, directory=directory)

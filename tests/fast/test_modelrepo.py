@@ -97,3 +97,44 @@ def test_modelrepo_imports_without_torch_or_bentoml() -> None:
     code = f"import sys, modelrepo; print({heavy} & set(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "set()"
+
+
+def _edit_card(repo: Path, name: str, **changes: object) -> None:
+    path = repo / name / "1" / modelrepo.CARD_FILE
+    card = json.loads(path.read_text())
+    path.write_text(json.dumps(card | changes))
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "message"),
+    [
+        (
+            "blobs",
+            {"outputs": [{"name": "probability", "dtype": "float32", "shape": [-1, 1]}] * 2},
+            "blobs/1: expected one input and one output, the card has 1 and 2",
+        ),
+        (
+            "linear",
+            {"task": "segmentation"},
+            "linear/1: unknown task 'segmentation'; expected regression, binary-classification, "
+            "multiclass-classification",
+        ),
+        ("blobs", {"labels": None}, "blobs/1: a classifier's card needs its labels"),
+        (
+            "lenet",
+            {"labels": ["a", "b", "c"]},
+            "lenet/1: output 'logits' has shape [-1, 10]; expected [-1, 3] for multiclass-classification",
+        ),
+    ],
+)
+def test_a_card_that_fits_no_kind_refuses_the_start_before_any_worker(
+    repo_copy: Path, name: str, changes: dict[str, object], message: str
+) -> None:
+    """Before: a card with two outputs raised inside every worker's __init__, a restart loop."""
+    from service.runtime import preflight
+    from service.settings import Settings
+
+    _edit_card(repo_copy, name, **changes)
+    with pytest.raises(modelrepo.ModelRepositoryError) as refused:
+        preflight(Settings(models_dir=repo_copy))
+    assert str(refused.value) == message

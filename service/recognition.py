@@ -1,0 +1,30 @@
+"""Whether LeNet's answer is a digit at all: a rule on its logits, with its parameters in the model card.
+
+LeNet was trained on digits only, so it names a digit for anything (a letter X: "8", 100% sure). The
+card's `extra.recognition` says how to tell: {"rule": "max_logit", "threshold": t} accepts an image
+whose largest logit reaches t. The largest logit, not the softmax's top probability: softmax only
+compares the ten answers, so a scribble that looks like no digit at all can still take 100% of it,
+while the logit's size says how strongly the image matched a digit's features (measured on held-out
+scans, drawn and typed digits against letters and scribbles: see training/lenet.py). A card without
+the entry recognises every image, as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import modelrepo
+
+RULES = ("max_logit",)
+
+
+def recognised(logits: np.ndarray, card: modelrepo.ModelCard) -> np.ndarray:
+    """(N, classes) logits -> (N,) bools: True where the card's rule takes the answer for a digit."""
+    rule = card.extra.get("recognition")
+    if rule is None:
+        return np.ones(len(logits), dtype=bool)
+    name = rule.get("rule")
+    if name != "max_logit":
+        raise ValueError(f"model {card.name}: unknown recognition rule {name!r}: expected one of {', '.join(RULES)}")
+    accepted: np.ndarray = np.asarray(logits).max(axis=1) >= float(rule["threshold"])
+    return accepted

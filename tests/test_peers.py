@@ -1,0 +1,73 @@
+"""The peers of `make bench-peers` answer as ONNX Runtime does, in every form the benchmark sends them.
+
+Timings stay in `make bench-peers`; this only checks that each app serves the LeNet file correctly. The
+FastAPI app runs in this environment (FastAPI, uvicorn and orjson are among tinyserve's own dependencies),
+so it is always checked. The others need their own virtualenvs (.venv-peers/, ~2 GB, installed by
+`make bench-peers` or `make peers`, not by `make test`): each is checked where it is installed and skipped
+otherwise, with the reason. All six take about a minute on 2 cores; Ray Serve's start is the longest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from benchmarks import peers
+from benchmarks.server import Server
+
+FRAMEWORKS = [peer.name for peer in peers.PEERS if peer.name != "tinyserve"]
+
+
+@pytest.fixture(scope="module")
+def fastapi_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.Running]:
+    log = tmp_path_factory.mktemp("fastapi") / "server.log"
+    running = peers.start(peers.BY_NAME["fastapi"], log, python=Path(sys.executable))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.timeout(120)
+def test_fastapi_peer_answers_in_this_environment(fastapi_peer: peers.Running) -> None:
+    peers.check(fastapi_peer)
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_answer_is_caught(fastapi_peer: peers.Running) -> None:
+    """The check compares values, not only shapes or labels: logits off by 1e-3 fail it, naming the form."""
+    form = fastapi_peer.peer.bulk
+    nudged = dataclasses.replace(form, decode=lambda body, headers: form.decode(body, headers) + 1e-3)
+    wrong = dataclasses.replace(fastapi_peer, peer=dataclasses.replace(fastapi_peer.peer, bulk=nudged))
+    with pytest.raises(AssertionError, match="FastAPI \\+ uvicorn, raw bytes"):
+        peers.check(wrong)
+
+
+@pytest.mark.timeout(60)
+def test_tinyserve_answers_in_the_benchmarks_forms(server: Server) -> None:
+    """The typed route, V2 JSON and V2 binary as the benchmark encodes and decodes them, on the shared server."""
+    peers.check(peers.Running(peers.BY_NAME["tinyserve"], server.url, server.process, server.log))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_framework_answers_as_onnx_runtime(name: str, tmp_path: Path) -> None:
+    peer = peers.BY_NAME[name]
+    if not peer.installed():
+        pytest.skip(f"{peer.title}: .venv-peers/{name} is not installed (`make peers` or `make bench-peers`)")
+    running = peers.start(peer, tmp_path / "server.log")
+    try:
+        peers.check(running)
+        # and one 1024-image request in its bulk form, the size the benchmark times
+        x = np.resize(peers.digits(100), (1024, 1, 32, 32))
+        with httpx.Client(timeout=120) as client:
+            got = peers.ask(client, running.url, peer.bulk, x)
+        np.testing.assert_allclose(got, peers.reference(x), rtol=peers.RTOL, atol=peers.ATOL)
+    finally:
+        running.stop()
