@@ -21,7 +21,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 # Everything: serving, clients (with Ray), training (torch==2.13.0 from local disk), and the dev tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,client,triton,ray,train,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,client,triton,ray,train,dev,signing]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## serve the models of models/ on http://$(HOST):$(PORT)
@@ -112,6 +112,7 @@ bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread
 	$(BIN)/python -m benchmarks $(ARGS)
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.peers $(ARGS)
+	$(BIN)/python -m benchmarks.roll  # requests/s and p99 while versions are loaded and unloaded, against none
 
 # The frameworks tinyserve is measured against, each from benchmarks/peers/NAME/requirements.txt (every
 # package pinned: a `pip freeze` of what requirements.in, the framework and onnxruntime, installed)

@@ -275,3 +275,92 @@ def discover(root: Path) -> list[ModelEntry]:
 def latest(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
     """The newest version of each model name (entries as sorted by `discover`)."""
     return {e.name: e for e in entries}
+
+
+# -- publishing and version policies (the repository that changes while a server runs)
+
+POLICY_FILE = "config.json"  # <root>/<name>/config.json: {"version_policy": {...}}, as Triton's model config
+STAGING_PREFIX = ".publishing-"  # <root>/.publishing-*/<name>/<version>: three deep, never seen by `discover`
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model are served, as Triton's `version_policy`: latest N, all, or specific ones."""
+
+    kind: str = "all"  # "latest" | "all" | "specific"; all: what a repository without a config always served
+    num_versions: int = 1
+    versions: tuple[str, ...] = ()
+
+    def select(self, versions: list[str]) -> list[str]:
+        ordered = sorted(versions, key=version_key)
+        if self.kind == "latest":
+            return ordered[-self.num_versions :]
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered
+
+    def to_dict(self) -> dict[str, Any]:
+        """Triton's JSON form, as the model metadata shows it."""
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.kind == "specific":
+            return {"specific": {"versions": [int(v) if v.isdigit() else v for v in self.versions]}}
+        return {"all": {}}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> VersionPolicy:
+        expected = 'expected {"latest": {"num_versions": N}}, {"all": {}} or {"specific": {"versions": [...]}}'
+        if not isinstance(d, dict) or len(d) != 1:
+            raise ModelRepositoryError(f"{where}: version_policy must name one policy; {expected}")
+        ((kind, body),) = d.items()
+        body = body if isinstance(body, dict) else {}
+        if kind == "all":
+            return cls("all")
+        if kind == "latest" and isinstance(body.get("num_versions"), int) and body["num_versions"] >= 1:
+            return cls("latest", num_versions=body["num_versions"])
+        if kind == "specific" and isinstance(body.get("versions"), list) and body["versions"]:
+            return cls("specific", versions=tuple(str(v) for v in body["versions"]))
+        raise ModelRepositoryError(f"{where}: version_policy {json.dumps(d)} is not valid; {expected}")
+
+
+def read_policy(root: Path, name: str) -> VersionPolicy:
+    """The model's version policy from `<root>/<name>/config.json`; all versions when there is none."""
+    path = root / name / POLICY_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return VersionPolicy()
+    except json.JSONDecodeError as e:
+        raise ModelRepositoryError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict) or "version_policy" not in raw:
+        raise ModelRepositoryError(f'{path}: expected {{"version_policy": {{...}}}}')
+    return VersionPolicy.from_dict(raw["version_policy"], str(path))
+
+
+def served_by_policy(root: Path, entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The entries each model's version policy picks (discover's order kept); the others are not checked or served."""
+    chosen = set()
+    for name in {e.name for e in entries}:
+        versions = read_policy(root, name).select([e.version for e in entries if e.name == name])
+        chosen |= {(name, version) for version in versions}
+    return [e for e in entries if (e.name, e.version) in chosen]
+
+
+def next_version(root: Path, name: str) -> str:
+    """One more than the highest numeric version of `name` in the repository ("1" for a new model)."""
+    numbers = [int(p.name) for p in (root / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def publish(staged: Path, root: Path, name: str, version: str) -> Path:
+    """Move a finished version directory into the repository in one rename: a reader sees all of it or none.
+
+    `staged` must be on the repository's file system (under `root`, see STAGING_PREFIX): a rename across file
+    systems is a copy, which a reader could see half done.
+    """
+    target = root / name / version
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise ModelRepositoryError(f"{target}: version {version} of {name} was published meanwhile; publish again")
+    staged.rename(target)  # atomic on one file system; refuses a non-empty target
+    return target

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import numpy as np
@@ -29,6 +29,9 @@ from service.runtime import Runtime, open_session
 from service.schemas import ImageResponse, ModelInfo, RuntimeInfo
 from service.stats import ModelStats
 from service.timing import Timing
+
+if TYPE_CHECKING:
+    from service.control import Controller
 
 logger = logging.getLogger("bentoml.tinyserve")
 T = TypeVar("T")
@@ -93,10 +96,17 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, runtime: Runtime, lifecycle: Lifecycle | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        runtime: Runtime,
+        lifecycle: Lifecycle | None = None,
+        control: Controller | None = None,  # the repository calls (index, load, unload); None in bare tests
+    ) -> None:
         self.registry = registry
         self.runtime = runtime
         self.lifecycle = lifecycle or Lifecycle()
+        self.control = control
 
     # -- health
     def live(self) -> bool:
@@ -171,7 +181,7 @@ class DataPlane:
             "platform": "onnxruntime_onnx",
             "inputs": [tensors.metadata(s) for s in model.card.inputs],
             "outputs": [tensors.metadata(s) for s in model.card.outputs],
-        }
+        } | (self.control.describe(model.name) if self.control else {})
 
     # -- the catalog
     def model_info(self, name: str) -> ModelInfo:

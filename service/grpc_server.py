@@ -234,12 +234,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     @_answering
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         metadata = self.plane.metadata(self.plane.model(request.name, request.version or None))
-        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     @_answering
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         statistics = self.plane.statistics(request.name or None, request.version or None)
-        return json_format.ParseDict(statistics, pb.ModelStatisticsResponse())
+        return json_format.ParseDict(statistics, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     @_answering
     async def ModelInfer(self, request: Any, context: Any) -> Any:

@@ -6,7 +6,8 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -169,3 +170,60 @@ def exposition() -> tuple[bytes, str]:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
         return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+
+
+def forget(model: str, version: str) -> None:
+    """An unloaded version's series go away from this process (`UnservedSeriesFilter` hides its files' values)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multi-process mode: "removal not implemented", hence the filter
+        for metric in (ROWS, BATCH_ROWS, INFERENCE_SECONDS, PROVIDER):
+            metric.remove_by_labels({"model": model, "version": version})
+
+
+_MODEL_LABEL = re.compile(rb'[{,]model="([^"]*)"')
+_VERSION_LABEL = re.compile(rb'[{,]version="([^"]*)"')
+
+
+def hide_unserved(body: bytes, served: set[tuple[str, str]]) -> bytes:
+    """The Prometheus text without the tinyserve series of versions no longer served.
+
+    In multi-process mode every worker's values live in files that outlive an unload; the samples of a
+    version that this worker does not serve (every worker, once a call converged) are left out.
+    """
+    kept = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"tinyserve_") and (model := _MODEL_LABEL.search(line)):
+            version = _VERSION_LABEL.search(line)
+            if version and (model.group(1).decode(), version.group(1).decode()) not in served:
+                continue
+        kept.append(line)
+    return b"\n".join(kept)
+
+
+class UnservedSeriesFilter:
+    """ASGI: GET /metrics answered without the series of unloaded versions (see hide_unserved)."""
+
+    def __init__(self, app: Any, *, served: Callable[[], set[tuple[str, str]] | None]) -> None:
+        self.app = app
+        self.served = served
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/metrics" or (served := self.served()) is None:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def held(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = hide_unserved(b"".join(chunks), served) if start["status"] == 200 else b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            await send(start | {"headers": [*headers, (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, held)

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -22,7 +24,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 import modelrepo
-from service import cuda, metrics
+from service import cuda, metrics, provenance
 from service.machine import Cores, Shape, available_cores, choose_shape
 from service.settings import Settings
 from service.tensors import ONNX_TYPES
@@ -180,11 +182,13 @@ def preflight(settings: Settings, *, inherited: str | None = None) -> tuple[list
     `bentoml build`) stop at once with the reason instead. A worker gets its server's decision
     (`inherited`) and neither probes nor logs again.
     """
-    entries = modelrepo.discover(settings.models_dir)
+    entries = modelrepo.served_by_policy(settings.models_dir, modelrepo.discover(settings.models_dir))
     if not entries:
         raise modelrepo.ModelRepositoryError(f"{settings.models_dir}: no models found")
+    keys = provenance.trusted_keys(settings.trusted_keys)
     for entry in entries:
         modelrepo.verify(entry)
+        provenance.verify(entry, keys)  # signed by a trusted key, when TINYSERVE_TRUSTED_KEYS names any
         _ = entry.card.kind  # a card that fits no kind of model refuses the start here, not in every worker
     if inherited:
         return entries, Runtime.from_env(inherited)
@@ -231,6 +235,9 @@ def start_up(settings: Settings | None = None, *, serving: bool = True) -> Start
     the environment alone.
     """
     settings = settings or read_settings()
+    if serving and settings.model_control != "none" and settings.control_dir is None:  # one per server start
+        os.environ["TINYSERVE_CONTROL_DIR"] = tempfile.mkdtemp(prefix="tinyserve-control-")
+        settings = settings.model_copy(update={"control_dir": Path(os.environ["TINYSERVE_CONTROL_DIR"])})
     try:
         entries, runtime = preflight(settings, inherited=os.environ.get(DECISION_ENV) if serving else None)
     except (StartRefused, modelrepo.ModelRepositoryError) as reason:

@@ -15,8 +15,9 @@ from typing import Any
 
 import bentoml
 
-from service import compat, grpc_server, playground, v1, v2
-from service.dataplane import Batching, DataPlane, load_model
+from service import compat, grpc_server, metrics, playground, repository_api, v1, v2
+from service.control import Controller
+from service.dataplane import Batching, DataPlane
 from service.errors import Unavailable
 from service.fastpath import FastPath
 from service.lifecycle import LIFECYCLE, log_exit
@@ -41,6 +42,12 @@ class PlaneHolder:
         if self._plane is None:
             raise Unavailable("the server is starting: its models are not loaded yet")
         return self._plane
+
+    def served(self) -> set[tuple[str, str]] | None:
+        """(name, version) of every version this worker serves; None while it starts."""
+        if self._plane is None:
+            return None
+        return {(m.name, m.version) for m in self._plane.registry.models()}
 
 
 def create_service(start: StartUp) -> Any:
@@ -72,8 +79,10 @@ def create_service(start: StartUp) -> Any:
     class TinyServe:
         def __init__(self) -> None:
             prepare_onnxruntime(runtime)
-            registry = Registry(load_model(entry, runtime, batching) for entry in entries)
-            self.plane = DataPlane(registry, runtime, LIFECYCLE)
+            registry = Registry()
+            control = Controller(settings, runtime, batching, registry)
+            control.start(entries)  # the current state: a restarted worker serves what its peers serve now
+            self.plane = DataPlane(registry, runtime, LIFECYCLE, control)
             self.grpc: Any = None  # this worker's gRPC server (service.grpc_server), started once it is ready
             plane.bind(self.plane)
             logger.info("ready: %s", ", ".join(f"{m.name}/{m.version}" for m in registry.models()))
@@ -81,6 +90,7 @@ def create_service(start: StartUp) -> Any:
             tune_gc()
             if threading.current_thread() is threading.main_thread():  # a served worker (not an in-process test)
                 LIFECYCLE.install(settings.drain_seconds)
+            control.watch()
             compat.join_listeners(per_worker=per_worker_sockets)  # from now on this worker gets connections
 
         @bentoml.on_startup  # type: ignore[untyped-decorator]
@@ -104,12 +114,13 @@ def create_service(start: StartUp) -> Any:
         def __is_ready__(self) -> bool:
             return self.plane.ready()
 
+    if settings.repository_api:
+        TinyServe.mount_asgi_app(repository_api.create(plane), path="/")  # type: ignore[attr-defined]
+    TinyServe.add_asgi_middleware(metrics.UnservedSeriesFilter, served=plane.served)  # type: ignore[attr-defined]
     TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
         GuardMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        max_concurrency=settings.max_concurrency,
+        settings=settings,
         lifecycle=LIFECYCLE,
-        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
     )

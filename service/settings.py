@@ -96,6 +96,28 @@ class Settings(BaseSettings):
         le=65535,
         description="the Open Inference Protocol over gRPC on this port, in every worker (SO_REUSEPORT); 0 = off",
     )
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="follow the repository while serving: none (read once at start), poll (every "
+        "TINYSERVE_POLL_SECONDS), explicit (only on POST /v2/repository/models/<name>/load or /unload)",
+    )
+    poll_seconds: float = Field(10.0, gt=0, description="model_control=poll: seconds between scans of the repository")
+    repository_api: bool = Field(
+        True, description="serve Triton's repository extension (/v2/repository/...): index, load, unload"
+    )
+    control_dir: Path | None = Field(
+        None,
+        description="where the workers share the served state (a small file) and report theirs; "
+        "default: a new temporary directory per server start (set one to keep explicit loads across restarts)",
+    )
+    control_wait_seconds: float = Field(
+        60.0, gt=0, description="how long a load or unload call waits for every worker to serve the new state"
+    )
+    trusted_keys: str | None = Field(
+        None,
+        description="public keys (PEM, elliptic curve; comma-separated files): when set, a model version serves "
+        "only if one of them signed it (OpenSSF model signing, <version>/model.sig), at start and at every load",
+    )
 
     @model_validator(mode="before")
     @classmethod

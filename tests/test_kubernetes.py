@@ -28,7 +28,7 @@ from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
 IMAGE_UID = int(re.search(r"set bento__uid_gid = (\d+)", (REPO / "deploy/image/Dockerfile.j2").read_text())[1])  # type: ignore[index]
-TARGETS = ["base", "overlays/gpu", "kserve", "kserve-grpc"]
+TARGETS = ["base", "overlays/gpu", "overlays/model-repository", "kserve", "kserve-grpc"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = "tinyserve-api-token"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
@@ -95,6 +95,8 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
         if target.startswith("kserve")
         else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"]
     )
+    if target == "overlays/model-repository":
+        expected.append("PersistentVolumeClaim")  # the shared repository the pods poll
     assert sorted(kinds) == sorted(expected)
 
 
@@ -150,7 +152,7 @@ def test_the_tokens_are_files_of_the_secret_and_required(target: str) -> None:
 
 def _as_pods(target: str) -> list[dict[str, Any]]:
     """The rendered objects, the InferenceService's predictor as the pod it becomes (checkov skips custom kinds)."""
-    if target != "kserve":
+    if not target.startswith("kserve"):
         return list(render(target))
     service = one(target, "InferenceService")
     kserve_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
@@ -239,7 +241,7 @@ def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
     ports = {p.get("name", "http"): p["containerPort"] for p in serving["ports"]}
     http, grpc_port = BentoMLContainer.http.port.get(), Settings.model_fields["grpc_port"].default
     expected = {"h2c": grpc_port} if target == "kserve-grpc" else {"http": http}  # KServe routes one port
-    if target in ("base", "overlays/gpu"):
+    if not target.startswith("kserve"):
         expected["grpc"] = grpc_port
     assert ports == expected and http == 3000  # where the image's server listens
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -306,3 +308,13 @@ def test_the_service_serves_on_a_read_only_root_with_the_manifests_environment(t
         metrics = httpx.get(f"{server.url}/metrics", headers=scraper, timeout=30).text  # files under BENTOML_HOME
         assert 'tinyserve_rows_inferred_total{model="linear",version="1"} 1.0' in metrics
         assert "Read-only file system" not in server.output()
+
+
+def test_the_model_repository_overlay_polls_a_shared_volume_read_only() -> None:
+    target = "overlays/model-repository"
+    env = settings_env(target)
+    assert (env["TINYSERVE_MODELS_DIR"], env["TINYSERVE_MODEL_CONTROL"]) == ("/models", "poll")
+    (mount,) = [m for m in container(target)["volumeMounts"] if m["mountPath"] == "/models"]
+    (volume,) = [v for v in pod_spec(target)["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["claimName"] == "tinyserve-models"
+    assert one(target, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadOnlyMany"]

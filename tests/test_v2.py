@@ -43,6 +43,7 @@ def test_model_metadata_comes_from_the_onnx_file(client: triton.InferenceServerC
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, *FEATURES[name]]}],
         "outputs": [{"name": OUTPUTS[name], "datatype": "FP32", "shape": [-1, 10 if name == "lenet" else 1]}],
+        "version_policy": {"all": {}},  # no config.json: every version in the repository serves
     }
     assert client.get_model_metadata(name, "1") == metadata
 
