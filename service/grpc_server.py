@@ -185,14 +185,12 @@ def to_v2(request: Any) -> tuple[tensors.InferenceRequest, memoryview]:
                 f"input '{tensor.name}': no data; give contents.{CONTENTS.get(tensor.datatype, 'fp32_contents')} "
                 "or raw_input_contents"
             )
-        inputs.append(
-            tensors.RequestInput(
-                name=tensor.name, shape=list(tensor.shape), datatype=tensor.datatype, parameters=parameters, data=data
-            )
-        )
-    outputs = [tensors.RequestOutput(name=o.name, parameters=_parameters(o.parameters)) for o in request.outputs]
-    parsed = tensors.InferenceRequest(
-        id=request.id or None, parameters=_parameters(request.parameters), inputs=inputs, outputs=outputs or None
+        described = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype}
+        inputs.append(described | {"parameters": parameters, "data": data})
+    outputs = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs]
+    parsed = v2.validate_request(
+        {"id": request.id or None, "parameters": _parameters(request.parameters), "inputs": inputs}
+        | ({"outputs": outputs} if outputs else {})
     )
     binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw))
     return parsed, binary

@@ -196,6 +196,14 @@ def _parse(json_part: bytes) -> tensors.InferenceRequest:
         raise InvalidInput(_explain(e)) from None
 
 
+def validate_request(data: dict[str, Any]) -> tensors.InferenceRequest:
+    """A request another transport decoded (gRPC), checked as a JSON body is, with the same sentences."""
+    try:
+        return tensors.InferenceRequest.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(_explain(e)) from None
+
+
 async def encode(result: V2Result) -> tuple[bytes, int | None]:
     header: dict[str, Any] = {"model_name": result.model.name, "model_version": result.model.version}
     if result.id is not None:

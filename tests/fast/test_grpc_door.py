@@ -184,6 +184,15 @@ def test_unknown_model_or_version_is_not_found_with_the_http_sentence(door: Door
         )
 
 
+def test_a_request_without_inputs_gets_the_http_route_s_sentence(door: Door, client: TestClient) -> None:
+    http = client.post("/v2/models/linear/infer", json={"inputs": []})
+    assert http.status_code == 400
+    assert _refusal(door.stub.ModelInfer, pb.ModelInferRequest(model_name="linear")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        http.json()["error"],
+    )
+
+
 def test_typed_contents_and_raw_contents_give_the_same_bits(door: Door) -> None:
     x = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
     body = {"inputs": [_tensor(list(x.shape), x.ravel().tolist())]}
