@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak attack clean system-deps lock image image-cuda
+.PHONY: help serve test test-fast test-gpu lint format train bench bench-peers peers fuzz soak attack clean system-deps lock image image-cuda kserve-client
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,9 +64,19 @@ $(AXE): tests/ui/package.json tests/ui/package-lock.json
 	npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
 	@touch $@
 
-test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed system-deps $(AXE) lint  ## install everything, lint, run both tiers (in process, then real processes)
+test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed $(KSERVE_VENV)/.installed system-deps $(AXE) lint  ## install everything, lint, run both tiers (in process, then real processes)
 	$(BIN)/pytest -m "not process"
 	$(BIN)/pytest -m "process and not gpu"
+
+# KServe's Python SDK, for its InferenceGRPCClient against our gRPC port (tests/test_grpc.py runs it at test
+# time): a virtualenv of its own, as kserve caps protobuf below 7 and psutil below 6, under our pins.
+KSERVE_VENV ?= $(VENV)-kserve
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet kserve==0.21.0
+	@touch $@
+
+kserve-client: $(KSERVE_VENV)/.installed  ## KServe's client in a virtualenv of its own (.venv-kserve), for the gRPC tests
 
 test-fast: $(VENV)/.all  ## the in-process tier alone: every route, error, contract and V2 case on the real ASGI app (seconds)
 	$(BIN)/pytest -m "not process"
@@ -148,4 +158,4 @@ lock: $(VENV)/.all  ## lock requirements/serve*.txt into requirements/*.lock.txt
 	$(LOCK) $(ARGS) requirements/serve-cuda.txt -o requirements/serve-cuda.lock.txt
 
 clean:  ## remove the virtual environment, caches and build/ (wheelhouses, temporary build contexts)
-	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) $(CHECKOV_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) $(PEER_VENVS) $(CHECKOV_VENV) $(KSERVE_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

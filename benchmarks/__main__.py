@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import cases, peers
+from benchmarks import cases, grpc_cases, peers
 from benchmarks.server import REPO, launch, stop, wait_ready
 from service.machine import Shape, available_cores, choose_shape
 
@@ -89,6 +89,7 @@ def run(quick: bool) -> dict[str, Any]:
         for batch in (1, 1024)
     ]
     report["shapes"] = [measure_shape(shape, requests, bulk_requests, seconds) for shape in shapes(cores.available)]
+    report["grpc"] = grpc_cases.run(default, requests, bulk_requests, seconds)
 
     # the FastAPI app of bench-peers, in this environment, one worker per core as the other servers
     print("FastAPI peer", flush=True)
@@ -183,6 +184,8 @@ def tables(report: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| --local | {local['rows_per_s']:,.0f} | {local['rows_per_s_wall']:,.0f} |",
         f"| --url (V2 binary) | {v2['rows_per_s']:,.0f} | {v2['rows_per_s_wall']:,.0f} |",
+        "",
+        grpc_cases.table(report["grpc"]),
     ]
     return "\n".join(lines)
 
@@ -214,6 +217,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
             1.0,
             False,
         ),
+        *grpc_cases.targets(report["grpc"]),
     ]
     return [
         (name, value, f"{'>=' if higher else '<='} {bar:g}", value >= bar if higher else value <= bar)

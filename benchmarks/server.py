@@ -25,6 +25,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    grpc: str = ""  # host:port of the gRPC front door ("" when it is off)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -49,7 +50,9 @@ def launch(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     # Each server its own BENTOML_HOME: servers that share one share (and wipe) its Prometheus directory.
     home = log.parent / f"bentoml-home-{port}"
-    full_env.update({"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home), **(env or {})})
+    full_env.update({"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home)})
+    full_env["TINYSERVE_GRPC_PORT"] = str(free_port())  # never the default 8001: servers of other tests share none
+    full_env.update(env or {})
     handle = log.open("wb")
     process = subprocess.Popen(
         [*wrapper, BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
@@ -59,7 +62,8 @@ def launch(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    return Server(f"http://127.0.0.1:{port}", process, log)
+    grpc_port = full_env["TINYSERVE_GRPC_PORT"]
+    return Server(f"http://127.0.0.1:{port}", process, log, f"127.0.0.1:{grpc_port}" if grpc_port != "0" else "")
 
 
 def wait_ready(server: Server, timeout: float = 90) -> None:

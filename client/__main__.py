@@ -45,10 +45,12 @@ def _option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 )
 @_option(
     "--protocol",
-    type=click.Choice(["v2", "json"]),
+    type=click.Choice(["v2", "grpc", "json"]),
     default="v2",
-    help="v2: Open Inference Protocol with binary tensors; json: the typed /v1 routes",
+    help="v2: Open Inference Protocol with binary tensors; grpc: the same over gRPC (the URL's host, --grpc-port); "
+    "json: the typed /v1 routes",
 )
+@_option("--grpc-port", type=click.IntRange(1, 65535), default=8001, help="the server's gRPC port, for --protocol grpc")
 @_option("--chunk-size", type=click.IntRange(1), default=1024, help="rows per request")
 @_option("--concurrency", type=click.IntRange(1, 64), default=4, help="requests in flight at once")
 @_option("--timeout", type=click.FloatRange(0.1), default=30.0, help="seconds to wait for one response")
@@ -97,6 +99,7 @@ def main(
     local: bool,
     models_dir: Path | None,
     protocol: str,
+    grpc_port: int,
     chunk_size: int,
     concurrency: int,
     timeout: float,
@@ -129,6 +132,7 @@ def main(
         local=local,
         models_dir=models_dir or default_models_dir(),
         protocol=protocol,
+        grpc_port=grpc_port,
         chunk_size=chunk_size,
         concurrency=concurrency,
         timeout=timeout,

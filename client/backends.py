@@ -16,6 +16,7 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 import modelrepo
 from client import formats, v2
+from client.grpc_transport import AUTH_CODES, RETRY_CODES, GrpcTransport, RpcFailed
 
 RETRY_STATUS = {429, 502, 503, 504}
 
@@ -156,6 +157,8 @@ class LocalBackend:
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, httpx.TransportError):  # refused, reset, timed out
         return True
+    if isinstance(error, RpcFailed):
+        return error.code in RETRY_CODES
     return isinstance(error, httpx.HTTPStatusError) and error.response.status_code in RETRY_STATUS
 
 
@@ -173,7 +176,7 @@ def _wait(state: RetryCallState) -> float:
 
 
 class RemoteBackend:
-    """A tinyserve server: V2 binary tensors (default) or the typed JSON routes."""
+    """A tinyserve server: V2 binary tensors (default), V2 over gRPC, or the typed JSON routes."""
 
     def __init__(
         self,
@@ -186,18 +189,22 @@ class RemoteBackend:
         backoff: float = 0.5,
         token: str | None = None,
         http: httpx.Client | None = None,
+        grpc_port: int = 8001,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.owned = http is None  # a client handed in (e.g. one bound to an app in process) stays its owner's
         self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
         self.protocol = protocol
-        self._send = retry(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(retries + 1),
-            wait=_wait,
-            reraise=True,
-        )(self._send_once)
+        retrying = retry(
+            retry=retry_if_exception(_retryable), stop=stop_after_attempt(retries + 1), wait=_wait, reraise=True
+        )
+        self._send = retrying(self._send_once)
         self._send.retry.backoff = backoff  # type: ignore[attr-defined]
+        self.rpc: GrpcTransport | None = None
+        if protocol == "grpc":  # the card still comes over HTTP: the protocol's metadata has no task or rule
+            self.rpc = GrpcTransport(f"{self.http.base_url.host}:{grpc_port}", timeout=timeout, token=token)
+            self._infer_rpc = retrying(self.rpc.infer)
+            self._infer_rpc.retry.backoff = backoff  # type: ignore[attr-defined]
         try:
             card = self.send("GET", f"/v1/models/{model}", None, {}).json()["card"]
         except ClientFault as e:
@@ -232,13 +239,32 @@ class RemoteBackend:
         if self.protocol == "json":
             body, headers = model.json_request(x), {"Content-Type": "application/json"}
             return model.json_records(self.send("POST", f"/v1/{model.name}/predict", body, headers).json())
+        if self.rpc is not None:
+            return model.records(self._predict_grpc(x))
         body, headers = v2.binary_request(x, [model.output], input_name=model.input)
         response = self.send("POST", f"/v2/models/{model.name}/infer", body, headers)
         return model.records(v2.read_answer(response.content, response.headers)[model.output])
 
+    def _predict_grpc(self, x: np.ndarray) -> np.ndarray:
+        assert self.rpc is not None
+        try:
+            out: np.ndarray = self._infer_rpc(self.model.name, self.model.output, x, input_name=self.model.input)
+            return out
+        except RpcFailed as e:
+            if e.code in AUTH_CODES:
+                raise AuthenticationFailed(
+                    f"{self.rpc.address} refused the API token ({e.code}): {e.details}; "
+                    "give the right one with --token or TINYSERVE_SCORE_TOKEN"
+                ) from None
+            if e.code in RETRY_CODES or e.code in ("INTERNAL", "UNKNOWN"):
+                raise ServerUnavailable(f"gRPC {self.rpc.address}: {e} after every retry") from e
+            raise ClientFault(f"the server refused it ({e.code}): {e.details}") from None
+
     def close(self) -> None:
         if self.owned:
             self.http.close()
+        if self.rpc is not None:
+            self.rpc.close()
 
 
 def _describe(error: BaseException) -> str:

@@ -73,7 +73,8 @@ class Scorer:
     url: str | None = None
     local: bool = False
     models_dir: Path = field(default_factory=default_models_dir)
-    protocol: str = "v2"  # or "json"
+    protocol: str = "v2"  # or "grpc", "json"
+    grpc_port: int = 8001  # the server's gRPC port, for protocol "grpc" (on the URL's host)
     chunk_size: int = 1024
     concurrency: int = 4
     timeout: float = 30.0
@@ -99,6 +100,7 @@ class Scorer:
                     backoff=self.backoff,
                     token=self.token,
                     http=self.http,
+                    grpc_port=self.grpc_port,
                 )
             else:
                 raise ValueError("give a server --url, or --local to score in process")

@@ -120,8 +120,11 @@ API_SOCKET = "_bento_api_server"  # the name BentoML gives its HTTP socket among
 SPREADS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def hold_address_per_worker(*, per_worker: bool, argv: Sequence[str] = sys.argv) -> None:
-    """In the server process: hook the binding of BentoML's API socket (a worker joins once ready)."""
+def hold_address_per_worker(
+    *, per_worker: bool, argv: Sequence[str] = sys.argv, also: Callable[[str], None] | None = None
+) -> None:
+    """In the server process: hook the binding of BentoML's API socket (a worker joins once ready);
+    `also(host)` then checks the server's other addresses (the gRPC port) before any worker starts."""
     if _option(argv, "--fd") is not None:
         return  # a worker: it joins once ready (`join`)
     from bentoml._internal.utils import circus  # the server process (or `bentoml build`, which starts none)
@@ -134,6 +137,8 @@ def hold_address_per_worker(*, per_worker: bool, argv: Sequence[str] = sys.argv)
         for sock in sockets or []:
             if sock.name == API_SOCKET:
                 hold_address(sock, per_worker=per_worker and SPREADS)
+                if also is not None:
+                    also(str(sock.host))
         return create_arbiter(*args, sockets=sockets, **kwargs)
 
     create_standalone_arbiter.tinyserve = True  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from service.lifecycle import Lifecycle
 from service.registry import Registry, ServedModel
 from service.runtime import Runtime, open_session
 from service.schemas import ImageResponse, ModelInfo, RuntimeInfo
+from service.stats import ModelStats
 from service.timing import Timing
 
 if TYPE_CHECKING:
@@ -77,8 +78,10 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
     """One version from disk: verified against its card, its session warmed, its batcher and contract made."""
     started = time.perf_counter()
     session = open_session(entry, runtime)
-    batcher = Batcher(session.run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
-    model = ServedModel(entry, session, batcher, contract(entry.card))
+    stats = ModelStats()
+    run = stats.counting(session.run)
+    batcher = Batcher(run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
+    model = ServedModel(entry, session, batcher, contract(entry.card), stats)
     metrics.set_provider(entry.name, entry.version, session.provider)
     logger.info(
         "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",
@@ -161,7 +164,15 @@ class DataPlane:
         wanted = tensors.wanted_outputs(request, list(model.card.outputs))
         out = await model.infer(inputs[model.input.name], timing)
         results = {model.output.name: out}
-        return V2Result(model, request.id, [(spec, binary_, results[spec.name]) for spec, binary_ in wanted])
+        return V2Result(model, request.id, [w.take(results[w.spec.name], model.card.labels) for w in wanted])
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension: every served version, or those of one model, or one version."""
+        models = [self.registry.get(name, version)] if name and version else self.registry.models()
+        if name and not version:
+            self.registry.get(name)  # an unknown model is refused, not answered with no rows
+            models = [m for m in models if m.name == name]
+        return {"model_stats": [m.stats.to_dict(m.name, m.version) for m in models]}
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
         return {

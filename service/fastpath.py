@@ -31,10 +31,18 @@ INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, *, plane: Callable[[], DataPlane], server_timing: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        plane: Callable[[], DataPlane],
+        server_timing: bool = False,
+        max_body_bytes: int = 16 * 1024 * 1024,  # what a compressed body may inflate to (TINYSERVE_MAX_BODY_BYTES)
+    ) -> None:
         self.app = app
         self.plane = plane
         self.server_timing = server_timing
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +68,9 @@ class FastPath:
                 plane.model(name, version)  # an unknown model is refused before its body is read
                 request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
                 body = await read_body(receive)
-                content, headers = await v2.answer(plane, name, version, body, request_headers, self.server_timing)
+                content, headers = await v2.answer(
+                    plane, name, version, body, request_headers, self.server_timing, self.max_body_bytes
+                )
         except ServingError as e:
             await respond(send, e.status, envelope(e.message), {"content-type": "application/json"} | e.headers)
             return

@@ -7,10 +7,13 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import bentoml
+
+from service.errors import ServingError
 
 _LABELS = ["model", "version"]
 
@@ -43,6 +46,27 @@ REFUSED = bentoml.metrics.Counter(
     labelnames=["status"],
 )
 
+INFER_REQUESTS = bentoml.metrics.Counter(
+    name="tinyserve_infer_requests_total",
+    documentation="Open Inference Protocol inference requests by front door (http, grpc) and outcome "
+    "(ok, or the HTTP status of the refusal, whatever the transport)",
+    labelnames=["protocol", "outcome"],
+)
+
+
+@contextmanager
+def counting(protocol: str) -> Iterator[None]:
+    """Count one inference request of a front door by its outcome."""
+    outcome = "500"
+    try:
+        yield
+        outcome = "ok"
+    except ServingError as e:
+        outcome = str(e.status)
+        raise
+    finally:
+        INFER_REQUESTS.labels(protocol=protocol, outcome=outcome).inc()
+
 
 class ModelMetrics:
     """One model's metric children, looked up once (`.labels()` on every call costs ~3% of a request)."""
@@ -73,11 +97,11 @@ ROUTE_TEMPLATES = [
         ("/v1/models", r"/v1/models"),
         ("/v1/models/{name}", r"/v1/models/[^/]+"),
         ("/v1/models/{name}/pictures/{picture}", r"/v1/models/[^/]+/pictures/[^/]+"),
-        ("/v2", r"/v2"),
+        ("/v2", r"/v2/?"),
         ("/v2/health/{probe}", r"/v2/health/(live|ready)"),
         ("/v2/models/{name}", r"/v2/models/[^/]+"),
         ("/v2/models/{name}/versions/{version}", r"/v2/models/[^/]+/versions/[^/]+"),
-        ("/v2/models/{name}/{action}", r"/v2/models/[^/]+(/versions/[^/]+)?/(ready|infer)"),
+        ("/v2/models/{name}/{action}", r"/v2/models/[^/]+(/versions/[^/]+)?/(ready|infer|stats)"),
         ("/{probe}", r"/(livez|healthz|readyz|metrics)"),
         ("/", r"/"),
         ("/docs.json", r"/docs\.json"),

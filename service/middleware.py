@@ -50,6 +50,7 @@ UPLOAD_ROUTE = re.compile(r"^/v1/[^/]+/predict-image$")
 # token; /metrics needs the metrics token, else the API token.
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/", "/docs.json"})
 OPEN_PREFIXES = ("/ui", "/static_content")
+COMPRESSED = ("identity", "gzip", "deflate")  # V2 inference bodies as Triton's clients compress them
 ACCEPTS = {
     PREDICT_ROUTE: ("application/json", ""),
     INFER_ROUTE: ("application/json", "application/octet-stream", ""),  # Triton's client sends none
@@ -218,7 +219,7 @@ class GuardMiddleware:
             expected = " or ".join(a for a in accepts if a)
             return None, (415, envelope(f"unsupported content type {_short(got)}: expected {expected}"), [])
         encoding = (_header(scope, b"content-encoding") or b"identity").decode("latin-1").strip().lower()
-        if encoding != "identity":
+        if encoding not in (COMPRESSED if INFER_ROUTE.match(scope["path"]) else ("identity",)):
             message = f"unsupported content encoding {_short(encoding)}: send the body uncompressed"
             return None, (415, envelope(message), [])
         raw = _header(scope, b"content-length")

@@ -6,8 +6,9 @@ request that took a model keeps it to the end while the registry moves on (see s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, ModelNotFound, echo
 from service.kinds import Contract
 from service.runtime import ModelSession
+from service.stats import ModelStats
 from service.timing import Timing
 
 
@@ -28,6 +30,7 @@ class ServedModel:
     session: ModelSession
     batcher: Batcher
     contract: Contract
+    stats: ModelStats = field(default_factory=ModelStats)
 
     @property
     def name(self) -> str:
@@ -60,10 +63,17 @@ class ServedModel:
 
     async def infer(self, x: np.ndarray, timing: Timing | None = None) -> np.ndarray:
         """x, checked by the caller against the model's input and rule -> the model's output rows."""
-        out = await self.batcher(x, timing)
-        if out.dtype.kind == "f" and not np.isfinite(out).all():  # e.g. V2 binary inputs near float32's limit
-            raise InvalidInput(f"the inputs are too large: {self.name}'s output overflows float32")
-        return out
+        timing = timing if timing is not None else Timing()
+        started = time.perf_counter()
+        ok = False
+        try:
+            out = await self.batcher(x, timing)
+            if out.dtype.kind == "f" and not np.isfinite(out).all():  # e.g. V2 binary inputs near float32's limit
+                raise InvalidInput(f"the inputs are too large: {self.name}'s output overflows float32")
+            ok = True
+            return out
+        finally:
+            self.stats.record(len(x), time.perf_counter() - started, timing, ok=ok)
 
 
 class Registry:

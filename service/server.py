@@ -8,13 +8,14 @@ call. Nothing here runs on import.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
 
 import bentoml
 
-from service import compat, metrics, playground, repository_api, v1, v2
+from service import compat, grpc_server, metrics, playground, repository_api, v1, v2
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.errors import Unavailable
@@ -54,7 +55,8 @@ def create_service(start: StartUp) -> Any:
     fenced = compat.check()  # the internals compat reaches into are the ones it was written for
     per_worker_sockets = fenced and settings.reuse_port and runtime.shape.workers > 1
     if fenced:
-        compat.hold_address_per_worker(per_worker=per_worker_sockets)
+        grpc_check = functools.partial(grpc_server.check_port, port=settings.grpc_port) if settings.grpc_port else None
+        compat.hold_address_per_worker(per_worker=per_worker_sockets, also=grpc_check)
         compat.watch_workers(log_exit)
     plane = PlaneHolder()
     batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
@@ -71,7 +73,9 @@ def create_service(start: StartUp) -> Any:
     )
     @bentoml.asgi_app(playground.app, path=playground.PATH)
     @bentoml.asgi_app(v1.create(plane), path="/v1")
-    @bentoml.asgi_app(v2.create(plane, server_timing=settings.server_timing), path="/")
+    @bentoml.asgi_app(
+        v2.create(plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes), path="/"
+    )
     class TinyServe:
         def __init__(self) -> None:
             prepare_onnxruntime(runtime)
@@ -79,6 +83,7 @@ def create_service(start: StartUp) -> Any:
             control = Controller(settings, runtime, batching, registry)
             control.start(entries)  # the current state: a restarted worker serves what its peers serve now
             self.plane = DataPlane(registry, runtime, LIFECYCLE, control)
+            self.grpc: Any = None  # this worker's gRPC server (service.grpc_server), started once it is ready
             plane.bind(self.plane)
             logger.info("ready: %s", ", ".join(f"{m.name}/{m.version}" for m in registry.models()))
             logger.info(playground.banner())
@@ -87,6 +92,24 @@ def create_service(start: StartUp) -> Any:
                 LIFECYCLE.install(settings.drain_seconds)
             control.watch()
             compat.join_listeners(per_worker=per_worker_sockets)  # from now on this worker gets connections
+
+        @bentoml.on_startup  # type: ignore[untyped-decorator]
+        async def serve_grpc(self) -> None:
+            """The gRPC front door, once this worker's models are loaded (a served worker only)."""
+            if settings.grpc_port and threading.current_thread() is threading.main_thread():
+                self.grpc = grpc_server.create(
+                    self.plane,
+                    admission=grpc_server.Admission(settings.max_concurrency, LIFECYCLE),
+                    max_message_bytes=settings.max_body_bytes,
+                    token=settings.api_token.get_secret_value() if settings.api_token else None,
+                )
+                host = (compat.listening_address() or ("0.0.0.0", 0))[0]
+                await grpc_server.serve(self.grpc, host, settings.grpc_port)
+
+        @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+        async def stop_grpc(self) -> None:
+            if self.grpc is not None:
+                await self.grpc.stop(grace=REQUEST_TIMEOUT_S)  # calls in flight finish; new ones: UNAVAILABLE
 
         def __is_ready__(self) -> bool:
             return self.plane.ready()
@@ -101,5 +124,7 @@ def create_service(start: StartUp) -> Any:
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
     )
-    TinyServe.add_asgi_middleware(FastPath, plane=plane, server_timing=settings.server_timing)  # type: ignore[attr-defined]
+    TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
+        FastPath, plane=plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes
+    )
     return TinyServe

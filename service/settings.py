@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     server_timing: bool = Field(
         False, description="answer a Server-Timing header (parse, queue, run, encode) on predict and infer routes"
     )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="the Open Inference Protocol over gRPC on this port, in every worker (SO_REUSEPORT); 0 = off",
+    )
     model_control: Literal["none", "poll", "explicit"] = Field(
         "none",
         description="follow the repository while serving: none (read once at start), poll (every "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,10 @@ ONNX_TYPES = {
 
 
 TensorError = InvalidInput  # a malformed V2 request: answered 400 (INVALID_ARGUMENT) with its sentence
+
+# Per-output parameters served: raw bytes on HTTP, and the classification extension (top k as BYTES).
+OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
+SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 class RequestInput(BaseModel):
@@ -181,6 +187,7 @@ def decode_inputs(request: InferenceRequest, binary: memoryview, specs: list[Ten
             raise TensorError(f"unknown input {echo(tensor.name)}: the model's inputs are {names}")
         if tensor.name in arrays:
             raise TensorError(f"input '{tensor.name}' is given twice")
+        _refuse_shared_memory("input", tensor.name, tensor.parameters)
         dtype, count = _check_against(tensor, spec)
         if tensor.parameters and "binary_data_size" in tensor.parameters:
             if tensor.data is not None:
@@ -199,21 +206,82 @@ def decode_inputs(request: InferenceRequest, binary: memoryview, specs: list[Ten
     return arrays
 
 
-def wanted_outputs(request: InferenceRequest, specs: list[TensorSpec]) -> list[tuple[TensorSpec, bool]]:
-    """(output, as binary?) for each requested output, or for all outputs when none are named."""
+@dataclass(frozen=True)
+class WantedOutput:
+    """One output as the request asks for it: raw bytes or JSON, the top `class_count` classes or the tensor."""
+
+    spec: TensorSpec
+    binary: bool
+    class_count: int = 0
+
+    def take(self, array: np.ndarray, labels: tuple[str, ...] | None) -> tuple[TensorSpec, bool, np.ndarray]:
+        """The model's output as this request wants it: (spec of what is sent, as binary?, array)."""
+        if not self.class_count:
+            return self.spec, self.binary, array
+        classes = classify(array, self.class_count, labels)
+        return replace(self.spec, dtype="bytes", shape=(-1, classes.shape[1])), self.binary, classes
+
+
+def _refuse_shared_memory(what: str, name: str, parameters: dict[str, Any] | None) -> None:
+    used = [p for p in SHARED_MEMORY if p in (parameters or {})]
+    if used:
+        raise TensorError(
+            f"{what} '{name}': shared memory is not supported (parameter '{used[0]}'); "
+            "send the data in the request and read it from the response"
+        )
+
+
+def _class_count(name: str, parameters: dict[str, Any]) -> int:
+    count = parameters.get("classification", 0)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise TensorError(f"output '{name}': classification must be a non-negative integer, got {count!r}")
+    return count
+
+
+def wanted_outputs(request: InferenceRequest, specs: list[TensorSpec]) -> list[WantedOutput]:
+    """Each requested output, or all outputs when none are named."""
     default_binary = bool((request.parameters or {}).get("binary_data_output", False))
     by_name = {s.name: s for s in specs}
     if not request.outputs:
-        return [(s, default_binary) for s in specs]
-    wanted: list[tuple[TensorSpec, bool]] = []
+        return [WantedOutput(s, default_binary) for s in specs]
+    wanted: list[WantedOutput] = []
     for output in request.outputs:
         spec = by_name.get(output.name)
         if spec is None:
             raise TensorError(f"unknown output {echo(output.name)}: the model's outputs are {', '.join(by_name)}")
-        if any(s.name == spec.name for s, _ in wanted):
+        if any(w.spec.name == spec.name for w in wanted):
             raise TensorError(f"output '{spec.name}' is requested twice; name each output once")
-        wanted.append((spec, bool((output.parameters or {}).get("binary_data", default_binary))))
+        parameters = output.parameters or {}
+        _refuse_shared_memory("output", spec.name, parameters)
+        unknown = sorted(set(parameters) - OUTPUT_PARAMETERS)
+        if unknown:
+            raise TensorError(
+                f"output '{spec.name}': unsupported parameter {echo(unknown[0])}; "
+                f"expected {' or '.join(sorted(OUTPUT_PARAMETERS))}"
+            )
+        binary = parameters.get("binary_data", default_binary)
+        wanted.append(WantedOutput(spec, bool(binary), _class_count(spec.name, parameters)))
     return wanted
+
+
+def classify(array: np.ndarray, class_count: int, labels: tuple[str, ...] | None) -> np.ndarray:
+    """Triton's classification extension: each row's top `class_count` entries, highest first, as BYTES
+    "value:index" ("value:index:label" where the card names the entries); at most as many as the row has."""
+    rows = array.reshape(len(array), -1)
+    k = min(class_count, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    named = labels if labels is not None and len(labels) == rows.shape[1] else None
+    out = np.empty(top.shape, dtype=object)
+    for r, c in np.ndindex(top.shape):
+        index = int(top[r, c])
+        text = f"{rows[r, index]:f}:{index}" + (f":{named[index]}" if named else "")
+        out[r, c] = text.encode()
+    return out
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor as the protocol's raw form: each element's length (uint32, little-endian), then its bytes."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
 
 
 def encode_response(
@@ -222,16 +290,24 @@ def encode_response(
     """The response body, and the JSON's length when binary outputs follow it (else None)."""
     described, blobs = [], []
     for spec, binary, array in outputs:
-        array = np.ascontiguousarray(array, dtype=DATATYPES[spec.datatype])
         entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
         if binary:
-            blob = array.tobytes()
+            blob = raw_bytes(spec, array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif spec.datatype == "BYTES":
+            entry["data"] = [item.decode() for item in array.reshape(-1)]
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = np.asarray(array, dtype=DATATYPES[spec.datatype]).ravel().tolist()
         described.append(entry)
     text = json.dumps(header | {"outputs": described}, separators=(",", ":")).encode()
     if not blobs:
         return text, None
     return b"".join([text, *blobs]), len(text)
+
+
+def raw_bytes(spec: TensorSpec, array: np.ndarray) -> bytes:
+    """An output's raw little-endian bytes (Triton's binary extension, gRPC's raw_output_contents)."""
+    if spec.datatype == "BYTES":
+        return serialize_bytes(array)
+    return np.ascontiguousarray(array, dtype=DATATYPES[spec.datatype]).tobytes()

@@ -7,6 +7,7 @@ and runs the model, and the answer is encoded back; large bodies are worked on a
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,14 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from service import __version__, tensors
+from service import __version__, metrics, tensors
 from service.dataplane import DataPlane, V2Result, front_door, on_thread_if
-from service.errors import InvalidInput, Unavailable
+from service.errors import InvalidInput, PayloadTooLarge, Unavailable
 from service.schemas import explain
 from service.timing import Timing
 
 SERVER_NAME = "tinyserve"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
+# Request bodies Triton's clients compress (request_compression_algorithm): zlib's window bits for each.
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 # Work on a large body runs on a thread so that the event loop keeps serving other requests; smaller ones
 # stay on the loop, where the hop to a thread (~0.1-0.3 ms) would cost more than the work. Measured per
@@ -34,40 +37,62 @@ THREAD_JSON_VALUES = 1024
 PlaneSource = Callable[[], DataPlane]
 
 
-def create(plane: PlaneSource, *, server_timing: bool = False) -> FastAPI:
+def create(plane: PlaneSource, *, server_timing: bool = False, max_body_bytes: int = 16 * 1024 * 1024) -> FastAPI:
     app = front_door("tinyserve Open Inference Protocol (V2)")
 
-    @app.get("/v2", summary="Server metadata")
+    def get(path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A GET route, and HEAD on it (the same answer without its body; not a second operation in the docs)."""
+
+        def register(route: Callable[..., Any]) -> Callable[..., Any]:
+            app.head(path, include_in_schema=False)(route)
+            return app.get(path, **kwargs)(route)
+
+        return register
+
+    @get("/v2", summary="Server metadata")
+    @get("/v2/", include_in_schema=False)  # answered in place: a redirect would name this server's scheme
     def server_metadata() -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
-    @app.get("/v2/health/live", summary="Liveness")
+    @get("/v2/health/live", summary="Liveness")
     def live() -> dict[str, bool]:
         return {"live": plane().live()}
 
-    @app.get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
+    @get("/v2/health/ready", summary="Readiness: every model loaded, verified and warmed")
     def ready() -> dict[str, bool]:
         if not plane().ready():
             raise Unavailable("not ready")
         return {"ready": True}
 
-    @app.get("/v2/models/{name}", summary="Model metadata (latest version)")
+    @get("/v2/models/stats", summary="Inference statistics of every model (this worker's)")
+    def statistics() -> dict[str, Any]:
+        return plane().statistics()
+
+    @get("/v2/models/{name}/stats", summary="Inference statistics of a model's versions (this worker's)")
+    def model_statistics(name: str) -> dict[str, Any]:
+        return plane().statistics(name)
+
+    @get("/v2/models/{name}/versions/{version}/stats", summary="Inference statistics of a version (this worker's)")
+    def model_version_statistics(name: str, version: str) -> dict[str, Any]:
+        return plane().statistics(name, version)
+
+    @get("/v2/models/{name}", summary="Model metadata (latest version)")
     def model_metadata(name: str) -> dict[str, Any]:
         served = plane()
         return served.metadata(served.model(name))
 
-    @app.get("/v2/models/{name}/versions/{version}", summary="Model metadata")
+    @get("/v2/models/{name}/versions/{version}", summary="Model metadata")
     def model_version_metadata(name: str, version: str) -> dict[str, Any]:
         served = plane()
         return served.metadata(served.model(name, version))
 
-    @app.get("/v2/models/{name}/ready", summary="Model readiness (latest version)")
+    @get("/v2/models/{name}/ready", summary="Model readiness (latest version)")
     def model_ready(name: str) -> dict[str, Any]:
         served = plane()
         served.model(name)
         return {"name": name, "ready": served.ready()}
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness")
+    @get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness")
     def model_version_ready(name: str, version: str) -> dict[str, Any]:
         served = plane()
         served.model(name, version)
@@ -75,11 +100,11 @@ def create(plane: PlaneSource, *, server_timing: bool = False) -> FastAPI:
 
     @app.post("/v2/models/{name}/infer", summary="Inference (latest version)", openapi_extra=INFER_DOC)
     async def infer(name: str, request: Request) -> Response:
-        return await _infer(plane(), name, None, request, server_timing)
+        return await _infer(plane(), name, None, request, server_timing, max_body_bytes)
 
     @app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=INFER_DOC)
     async def infer_version(name: str, version: str, request: Request) -> Response:
-        return await _infer(plane(), name, version, request, server_timing)
+        return await _infer(plane(), name, version, request, server_timing, max_body_bytes)
 
     return app
 
@@ -102,22 +127,35 @@ INFER_DOC: dict[str, Any] = {
 }
 
 
-async def _infer(plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool) -> Response:
+async def _infer(
+    plane: DataPlane, name: str, version: str | None, request: Request, timing_on: bool, max_body_bytes: int
+) -> Response:
     plane.model(name, version)  # an unknown model is refused before its body is read
-    content, headers = await answer(plane, name, version, await request.body(), request.headers, timing_on)
+    body = await request.body()
+    content, headers = await answer(plane, name, version, body, request.headers, timing_on, max_body_bytes)
     return Response(content, headers=headers)
 
 
 async def answer(
-    plane: DataPlane, name: str, version: str | None, body: bytes, headers: Mapping[str, str], timing_on: bool
+    plane: DataPlane,
+    name: str,
+    version: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    timing_on: bool,
+    max_body_bytes: int,
 ) -> tuple[bytes, dict[str, str]]:
     """A V2 inference request's body and headers -> the answer's body and headers (service.fastpath serves it)."""
-    timing = Timing()
-    with timing.measure("parse"):
-        parsed, binary, heavy = await decode_request(body, headers.get(tensors.HEADER))
-    result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
-    with timing.measure("encode"):
-        content, json_length = await encode(result)
+    with metrics.counting("http"):
+        timing = Timing()
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        with timing.measure("parse"):
+            if encoding in ENCODINGS:  # what the guard let through: gzip or deflate, bounded as it inflates
+                body = await on_thread_if(len(body) > THREAD_BINARY_BYTES // 8, inflate, body, encoding, max_body_bytes)
+            parsed, binary, heavy = await decode_request(body, headers.get(tensors.HEADER))
+        result = await plane.infer(name, version, parsed, binary, timing, offload=heavy)
+        with timing.measure("encode"):
+            content, json_length = await encode(result)
     out = {"server-timing": timing.header()} if timing_on else {}
     if json_length is None:
         return content, out | {"content-type": "application/json"}
@@ -125,6 +163,23 @@ async def answer(
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(json_length),
     }
+
+
+def inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """A compressed request body, decompressed; what it grows to counts against the body limit."""
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"request body is not valid {encoding} data ({e}); send it uncompressed") from None
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"request body too large: more than {max_bytes} bytes once decompressed, the limit is {max_bytes} "
+            "(TINYSERVE_MAX_BODY_BYTES)"
+        )
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {encoding} data; send the whole stream")
+    return data
 
 
 async def decode_request(body: bytes, header_length: str | None) -> tuple[tensors.InferenceRequest, memoryview, bool]:
@@ -137,6 +192,14 @@ async def decode_request(body: bytes, header_length: str | None) -> tuple[tensor
 def _parse(json_part: bytes) -> tensors.InferenceRequest:
     try:
         return tensors.InferenceRequest.model_validate_json(json_part)
+    except ValidationError as e:
+        raise InvalidInput(_explain(e)) from None
+
+
+def validate_request(data: dict[str, Any]) -> tensors.InferenceRequest:
+    """A request another transport decoded (gRPC), checked as a JSON body is, with the same sentences."""
+    try:
+        return tensors.InferenceRequest.model_validate(data)
     except ValidationError as e:
         raise InvalidInput(_explain(e)) from None
 

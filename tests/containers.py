@@ -94,6 +94,7 @@ def run(image: str, *args: str, flags: tuple[str, ...] = ()) -> subprocess.Compl
 class Container:
     name: str
     url: str
+    grpc: str = ""  # host:port of its gRPC port (8001 inside), published as its HTTP port is
 
     def logs(self) -> str:
         done = subprocess.run([engine(), "logs", self.name], capture_output=True, text=True, check=False)
@@ -111,10 +112,11 @@ class Container:
 @contextlib.contextmanager
 def serving(image: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[Container]:
     """The image served as `docker run -p 3000:3000 IMAGE` would, on a free 127.0.0.1 port, until ready."""
-    port = free_port()
-    container = Container(f"tinyserve-test-{os.getpid()}-{port}", f"http://127.0.0.1:{port}")
+    port, grpc_port = free_port(), free_port()
+    container = Container(f"tinyserve-test-{os.getpid()}-{port}", f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     variables = [f"--env={key}={value}" for key, value in (env or {}).items()]
-    command = [engine(), "run", "--detach", *run_flags(container.name), "-p", f"127.0.0.1:{port}:3000", *variables]
+    published = ["-p", f"127.0.0.1:{port}:3000", "-p", f"127.0.0.1:{grpc_port}:8001"]
+    command = [engine(), "run", "--detach", *run_flags(container.name), *published, *variables]
     subprocess.run([*command, image], capture_output=True, text=True, check=True)
     try:
         _wait_ready(container, timeout)

@@ -31,6 +31,18 @@ def run_onnx(name: str, x: np.ndarray) -> np.ndarray:
 # may pick other algorithms (summation orders); with TF32 off such differences are ~1e-6 on LeNet's
 # logits (measured CUDA against CPU on an H100: 2.9e-6), so 1e-5 absolute plus 1e-5 relative.
 CUDA_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+# Each model's input features (after the batch axis) and its output's name, as the V2 metadata has them.
+FEATURES = {"linear": (1,), "multilinear": (3,), "blobs": (2,), "lenet": (1, 32, 32)}
+OUTPUTS = {"linear": "y", "multilinear": "y", "blobs": "probability", "lenet": "logits"}
+
+
+def v2_inputs(name: str, batch: int) -> np.ndarray:
+    """`batch` rows of valid input for a model, seeded by the batch size."""
+    rng = np.random.default_rng(batch)
+    if name == "lenet":
+        return rng.random((batch, *FEATURES[name]), dtype=np.float32)
+    scale = 100 if name == "multilinear" else 2
+    return (rng.standard_normal((batch, *FEATURES[name])) * scale).astype(np.float32)
 
 
 class Reference:

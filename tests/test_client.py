@@ -56,7 +56,7 @@ def local_digits(digits: tuple[Path, np.ndarray, np.ndarray], tmp_path_factory: 
     return out
 
 
-@pytest.mark.parametrize("protocol", ["v2", "json"])
+@pytest.mark.parametrize("protocol", ["v2", "grpc", "json"])
 def test_url_scoring_equals_local_scoring_byte_for_byte(
     server: Server, digits: tuple[Path, np.ndarray, np.ndarray], local_digits: Path, tmp_path: Path, protocol: str
 ) -> None:
@@ -69,6 +69,8 @@ def test_url_scoring_equals_local_scoring_byte_for_byte(
         server.url,
         "--protocol",
         protocol,
+        "--grpc-port",
+        server.grpc.rsplit(":", 1)[1],
         "--chunk-size",
         "50",
         "--concurrency",
@@ -371,12 +373,13 @@ def test_out_of_range_rows_become_the_same_error_records_on_every_protocol(serve
     source = tmp_path / "x.csv"
     source.write_text("x\n1\n1e31\n-2\n-1e30\n")
     outputs = {}
-    for mode in (["--protocol", "v2"], ["--protocol", "json"], ["--local"]):
+    grpc_port = ["--grpc-port", server.grpc.rsplit(":", 1)[1]]
+    for mode in (["--protocol", "v2"], ["--protocol", "json"], ["--protocol", "grpc"], ["--local"]):
         out = tmp_path / f"{mode[-1]}.jsonl"
-        target = ["--local"] if mode == ["--local"] else ["--url", server.url, *mode]
+        target = ["--local"] if mode == ["--local"] else ["--url", server.url, *mode, *grpc_port]
         score("linear", str(source), str(out), *target, "--chunk-size", "4", check=1)
         outputs[mode[-1]] = out.read_bytes()
-    assert outputs["v2"] == outputs["json"] == outputs["--local"]
+    assert outputs["v2"] == outputs["json"] == outputs["grpc"] == outputs["--local"]
     records = read_jsonl(tmp_path / "v2.jsonl")
     assert records[1]["error"] == "row 1: values must be in [-1e+30, 1e+30], got values in [1e+31, 1e+31]"
     assert [r["error"] is None for r in records] == [True, False, True, True]

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -100,6 +102,19 @@ def test_readme_calls_answer_as_on_the_host(container: containers.Container, ser
     assert _call(calls[0], container.url, REPO) == documented
     upload = next(call for call in calls if "seven.png" in call)
     assert json.loads(_call(upload, container.url, REPO))["label"] == 7
+
+
+def test_grpc_answers_in_the_container_as_on_the_host(container: containers.Container, server: Server) -> None:
+    x = np.random.default_rng(3).random((4, 1, 32, 32), dtype=np.float32)
+    answers = []
+    for address in (container.grpc, server.grpc):
+        client = triton_grpc.InferenceServerClient(address)
+        assert client.is_server_ready()
+        tensor = triton_grpc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        answers.append(client.infer("lenet", [tensor]).as_numpy("logits").tobytes())
+        client.close()
+    assert answers[0] == answers[1]
 
 
 def test_models_report_the_cpu_provider_and_readiness(container: containers.Container) -> None:

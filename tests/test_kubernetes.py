@@ -13,10 +13,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.server import REQUEST_TIMEOUT_S
 from service.settings import Settings
@@ -25,7 +27,7 @@ from tests.server import Server, running
 
 KUBE = REPO / "deploy" / "kubernetes"
 IMAGE_UID = int(re.search(r"set bento__uid_gid = (\d+)", (REPO / "deploy/image/Dockerfile.j2").read_text())[1])  # type: ignore[index]
-TARGETS = ["base", "overlays/gpu", "overlays/model-repository", "kserve"]
+TARGETS = ["base", "overlays/gpu", "overlays/model-repository", "kserve", "kserve-grpc"]
 KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = "tinyserve-api-token"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
@@ -51,7 +53,7 @@ def one(target: str, kind: str) -> dict[str, Any]:
 
 def pod_spec(target: str) -> dict[str, Any]:
     """The pod as the target runs it: a Deployment's template, or the InferenceService's predictor."""
-    if target == "kserve":
+    if target.startswith("kserve"):
         return dict(one(target, "InferenceService")["spec"]["predictor"])
     spec: dict[str, Any] = one(target, "Deployment")["spec"]["template"]["spec"]
     return spec
@@ -91,7 +93,7 @@ def test_every_rendered_object_is_valid_for_kubernetes(target: str) -> None:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)  # raises, naming the field, when invalid
     expected = (
         ["ConfigMap", "InferenceService", "NetworkPolicy"]
-        if target == "kserve"
+        if target.startswith("kserve")
         else ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"]
     )
     if target == "overlays/model-repository":
@@ -151,7 +153,7 @@ def test_the_tokens_are_files_of_the_secret_and_required(target: str) -> None:
 
 def _as_pods(target: str) -> list[dict[str, Any]]:
     """The rendered objects, the InferenceService's predictor as the pod it becomes (checkov skips custom kinds)."""
-    if target != "kserve":
+    if not target.startswith("kserve"):
         return list(render(target))
     service = one(target, "InferenceService")
     kserve_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
@@ -237,14 +239,34 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> N
 @pytest.mark.parametrize("target", TARGETS)
 def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
     serving = container(target)
-    (port,) = serving["ports"]
+    ports = {p.get("name", "http"): p["containerPort"] for p in serving["ports"]}
+    grpc_port = Settings.model_fields["grpc_port"].default
+    expected = {"h2c": grpc_port} if target == "kserve-grpc" else {"http": IMAGE_PORT}  # KServe routes one port
+    if not target.startswith("kserve"):
+        expected["grpc"] = grpc_port
     dockerfile = (REPO / "deploy" / "image" / "Dockerfile.j2").read_text()
-    assert port["containerPort"] == IMAGE_PORT and f"EXPOSE {IMAGE_PORT}\n" in dockerfile  # where its server listens
+    assert ports == expected and "EXPOSE 3000 8001" in dockerfile  # where the image's servers listen
     assert "BENTOML_PORT" not in {e["name"] for e in serving.get("env", [])}  # nothing moves it elsewhere
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if "grpc" in serving[probe]:  # the standard health service, answered on the gRPC port
+            check = serving[probe]["grpc"]
+            assert check["port"] == grpc_port
+            with grpc.insecure_channel(server.grpc) as channel:
+                asked = health_pb2.HealthCheckRequest(service=check.get("service", ""))
+                answer = health_pb2_grpc.HealthStub(channel).Check(asked, timeout=30)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            continue
         check = serving[probe]["httpGet"]
-        assert check["port"] in (port["containerPort"], port.get("name"))
+        assert check["port"] in (IMAGE_PORT, "http")
         assert httpx.get(server.url + check["path"], timeout=30).status_code == 200, check["path"]
+    if target == "kserve-grpc":
+        assert "grpc" in serving["readinessProbe"]
+
+
+def test_the_services_carry_the_grpc_port_as_h2c() -> None:
+    (grpc_port,) = [p for p in one("base", "Service")["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port == {"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c"}
+    assert one("kserve-grpc", "InferenceService")["metadata"]["name"] == "tinyserve-grpc"
 
 
 @pytest.mark.timeout(900)

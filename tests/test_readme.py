@@ -23,6 +23,7 @@ from tests.server import REPO, Server
 README = REPO / "README.md"
 SKIP = re.compile(r"<!-- not run by the tests: (.+?) -->")
 ADDRESS = "127.0.0.1:3000"
+GRPC_ADDRESS = "127.0.0.1:8001"  # the gRPC examples' address: the test server's gRPC port
 
 
 @dataclass
@@ -98,7 +99,7 @@ def test_every_readme_step_runs_and_answers_as_written(server: Server, scratch: 
     address = server.url.removeprefix("http://")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     for step in steps(README.read_text()):
-        code = step.code.replace(ADDRESS, address)
+        code = step.code.replace(ADDRESS, address).replace(GRPC_ADDRESS, server.grpc)
         argv = ["bash", "-c", code] if step.language == "bash" else [str(REPO / ".venv/bin/python"), "-c", code]
         # stdout and stderr in one stream, in the order a terminal shows them
         done = subprocess.run(

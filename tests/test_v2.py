@@ -13,11 +13,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 import service
-from tests.helpers import Reference, held_out_digits, upscale_32
+from tests.helpers import FEATURES, OUTPUTS, Reference, held_out_digits, upscale_32, v2_inputs
 from tests.server import Server
-
-FEATURES = {"linear": (1,), "multilinear": (3,), "blobs": (2,), "lenet": (1, 32, 32)}
-OUTPUTS = {"linear": "y", "multilinear": "y", "blobs": "probability", "lenet": "logits"}
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +24,12 @@ def client(server: Server) -> Iterator[triton.InferenceServerClient]:
     c.close()
 
 
-def _inputs(name: str, batch: int) -> np.ndarray:
-    rng = np.random.default_rng(batch)
-    if name == "lenet":
-        return rng.random((batch, *FEATURES[name]), dtype=np.float32)
-    scale = 100 if name == "multilinear" else 2
-    return (rng.standard_normal((batch, *FEATURES[name])) * scale).astype(np.float32)
-
-
 def test_server_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata() == {
         "name": "tinyserve",
         "version": service.__version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "classification", "statistics"],
     }
 
 
@@ -70,7 +59,7 @@ def test_infer_matches_onnx_runtime_run_directly(
     binary_in: bool,
     binary_out: bool,
 ) -> None:
-    x = _inputs(name, batch)
+    x = v2_inputs(name, batch)
     tensor = triton.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary_in)
     wanted = triton.InferRequestedOutput(OUTPUTS[name], binary_data=binary_out)
@@ -85,7 +74,7 @@ def test_infer_matches_onnx_runtime_run_directly(
 def test_infer_without_named_outputs_returns_them_all_in_binary(
     client: triton.InferenceServerClient, reference: Reference
 ) -> None:
-    x = _inputs("blobs", 5)
+    x = v2_inputs("blobs", 5)
     tensor = triton.InferInput("x", [5, 2], "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("blobs", [tensor], model_version="1")
@@ -110,6 +99,42 @@ def test_v2_and_the_typed_route_give_exactly_the_same_output(
     ).as_numpy("y")
     typed_linear = httpx.post(f"{server.url}/v1/linear/predict", json={"x": [1.0, 2.0, -3.5]}).json()
     assert typed_linear["y"] == linear.ravel().tolist()
+
+
+def test_class_count_gets_the_top_classes_as_triton_answers_them(client: triton.InferenceServerClient) -> None:
+    x = v2_inputs("lenet", 4)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    logits = client.infer("lenet", [tensor]).as_numpy("logits")
+    for binary in (True, False):
+        wanted = triton.InferRequestedOutput("logits", binary_data=binary, class_count=2)
+        top = client.infer("lenet", [tensor], outputs=[wanted]).as_numpy("logits")
+        assert top.shape == (4, 2)
+        for row, classes in zip(logits, top, strict=True):
+            best = np.argsort(-row, kind="stable")[:2]
+            got = [c.decode() if isinstance(c, bytes) else c for c in classes]
+            assert got == [f"{row[i]:f}:{i}:{i}" for i in best]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_get_the_plain_request_s_answer(
+    client: triton.InferenceServerClient, algorithm: str
+) -> None:
+    x = v2_inputs("lenet", 8)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    plain = client.infer("lenet", [tensor]).as_numpy("logits")
+    packed = client.infer("lenet", [tensor], request_compression_algorithm=algorithm).as_numpy("logits")
+    assert packed.tobytes() == plain.tobytes()
+
+
+def test_inference_statistics_through_the_client(client: triton.InferenceServerClient) -> None:
+    every = client.get_inference_statistics()["model_stats"]
+    assert [s["name"] for s in every] == ["blobs", "lenet", "linear", "multilinear"]
+    (linear,) = client.get_inference_statistics("linear", "1")["model_stats"]
+    assert set(linear["inference_stats"]) >= {"success", "fail", "queue", "compute_infer"}
+    with pytest.raises(InferenceServerException, match="unknown model 'resnet'"):
+        client.get_inference_statistics("resnet")
 
 
 def test_unknown_model_is_a_404_through_the_client(client: triton.InferenceServerClient) -> None:
@@ -310,12 +335,21 @@ RAW_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
         "unknown version '9' of model 'linear': available versions are 1",
     ),
     (
-        "gzip body",
+        "brotli body",
+        "/v2/models/linear/infer",
+        _infer_body(),
+        {"Content-Encoding": "br"},
+        415,
+        "unsupported content encoding 'br': send the body uncompressed",
+    ),
+    (
+        "gzip header on a plain body",
         "/v2/models/linear/infer",
         _infer_body(),
         {"Content-Encoding": "gzip"},
-        415,
-        "unsupported content encoding 'gzip': send the body uncompressed",
+        400,
+        "request body is not valid gzip data (Error -3 while decompressing data: incorrect header check); "
+        "send it uncompressed",
     ),
 ]
 

@@ -1,0 +1,175 @@
+"""`make bench`'s gRPC cases: the Open Inference Protocol over gRPC against V2 HTTP and in-process ONNX Runtime.
+
+    .venv/bin/python -m benchmarks.grpc_cases [--quick]             # these cases alone, default shape
+    .venv/bin/python -m benchmarks.grpc_cases load ADDRESS IMAGES CONCURRENCY REQUESTS  # the load generator
+
+One server at the default shape: one LeNet image per request at c=1 and c=32 (gRPC raw contents, V2 HTTP
+binary, the typed route), then 1,024 images per request, two per worker in flight (gRPC, V2 HTTP binary),
+beside ONNX Runtime in process on all the server's threads. The gRPC load runs in its own process, as
+benchmarks.load does for HTTP, over several channels (each its own connection: SO_REUSEPORT spreads them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from benchmarks import cases
+from benchmarks.server import REPO, launch, stop, wait_ready
+from service.machine import Shape
+
+CHANNELS = 8  # connections the load opens at most: a client pool, spread over the workers
+
+
+def _request(images: int) -> Any:
+    x = np.random.default_rng(0).random((images, 1, 32, 32), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="lenet")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+async def _load(address: str, images: int, concurrency: int, requests: int) -> dict[str, Any]:
+    request = _request(images)
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(concurrency, CHANNELS))]
+    stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
+    latencies: list[float] = []
+    errors, sent = 0, 0
+
+    async def worker(stub: Any, count: int) -> None:
+        nonlocal sent, errors
+        while sent < count:
+            sent += 1
+            started = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    warm_up = max(2 * concurrency, min(200, requests // 5))
+    await asyncio.gather(*(worker(stubs[i % len(stubs)], warm_up) for i in range(concurrency)))
+    latencies.clear()
+    sent, errors = 0, 0
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(stubs[i % len(stubs)], requests) for i in range(concurrency)))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    for channel in channels:
+        await channel.close()
+    quantiles = statistics.quantiles(latencies, n=100)
+    rps = len(latencies) / seconds
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": seconds,
+        "rps": rps,
+        "p50_ms": quantiles[49] * 1000,
+        "p99_ms": quantiles[98] * 1000,
+        "client_cpu_s": cpu,
+        "images_per_s": rps * images,
+    }
+
+
+def grpc_load(address: str, images: int, concurrency: int, requests: int) -> dict[str, Any]:
+    """The gRPC load generator in its own process."""
+    command = [sys.executable, "-m", "benchmarks.grpc_cases", "load", address, str(images), str(concurrency)]
+    out = subprocess.run([*command, str(requests)], cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict[str, Any]:
+    print(f"gRPC against V2 HTTP, shape {shape.workers}x{shape.threads}", flush=True)
+    env = {"TINYSERVE_WORKERS": str(shape.workers), "TINYSERVE_THREADS": str(shape.threads)}
+    server = launch(REPO / "benchmarks" / "results" / "server-grpc.log", env)
+    in_flight = 2 * shape.workers
+    try:
+        wait_ready(server, timeout=180)
+        one_image, one_headers = cases.v2_binary(np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32))
+        typed = cases.lenet_image_json()
+        single: dict[str, dict[str, Any]] = {}
+        for c in (1, 32):
+            n = requests * (4 if c > 1 else 1)
+            single[f"grpc c={c}"] = grpc_load(server.grpc, 1, c, n)
+            single[f"v2 http binary c={c}"] = cases.load(
+                f"{server.url}/v2/models/lenet/infer", one_image, c, n, one_headers
+            )
+            single[f"typed c={c}"] = cases.load(f"{server.url}/v1/lenet/predict", typed, c, n)
+        bulk = {
+            "grpc": grpc_load(server.grpc, 1024, in_flight, bulk_requests),
+            "v2 http binary": cases.bulk_v2(server.url, 1024, in_flight, bulk_requests),
+        }
+    finally:
+        stop(server)
+    raw = cases.raw_onnxruntime("lenet", 1024, shape.workers * shape.threads, seconds)
+    return {"workers": shape.workers, "threads": shape.threads, "single": single, "bulk": bulk, "raw_1024": raw}
+
+
+def table(result: dict[str, Any]) -> str:
+    raw = result["raw_1024"]["rows_per_s"]
+    lines = [
+        f"| gRPC vs V2 HTTP, {result['workers']} x {result['threads']}, one LeNet image | req/s | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        for label, r in result["single"].items()
+    ]
+    lines += [
+        "",
+        "| 1024 LeNet images per request, 2 per worker in flight | images/s | of in process |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {r['images_per_s']:,.0f} | {r['images_per_s'] / raw:.0%} |" for label, r in result["bulk"].items()
+    ]
+    lines.append(f"| ONNX Runtime in process, {result['workers'] * result['threads']} threads | {raw:,.0f} | 100% |")
+    return "\n".join(lines)
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(target, measured, bar, higher is better), as benchmarks.__main__.targets takes them."""
+    single = result["single"]
+    return [
+        ("bulk gRPC / in-process ONNX Runtime, same threads", result["bulk"]["grpc"]["images_per_s"]
+         / result["raw_1024"]["rows_per_s"], 0.85, True),
+        ("single image gRPC / typed route, requests/s, c=1", single["grpc c=1"]["rps"] / single["typed c=1"]["rps"],
+         1.0, True),
+        ("single image gRPC / typed route, requests/s, c=32", single["grpc c=32"]["rps"]
+         / single["typed c=32"]["rps"], 1.0, True),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["load"]:
+        address, images, concurrency, requests = sys.argv[2:6]
+        print(json.dumps(asyncio.run(_load(address, int(images), int(concurrency), int(requests)))))
+        return
+    from service.machine import available_cores, choose_shape
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute on 2 cores)")
+    args = parser.parse_args()
+    requests, bulk_requests, seconds = (300, 30, 0.5) if args.quick else (1000, 100, 2.0)
+    (REPO / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    result = run(choose_shape(available_cores().available), requests, bulk_requests, seconds)
+    print(table(result))
+    for name, value, bar, higher in targets(result):
+        met = value >= bar if higher else value <= bar
+        print(f"{name}: {value:.2f} ({'>=' if higher else '<='} {bar:g}: {'met' if met else 'not met'})")
+
+
+if __name__ == "__main__":
+    main()

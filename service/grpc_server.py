@@ -1,0 +1,369 @@
+"""The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, as Triton and KServe serve it.
+
+A grpc.aio server in each worker's event loop, over the same data plane as the HTTP front doors: a
+ModelInferRequest becomes the V2 request the HTTP route decodes (raw_input_contents as its binary part),
+so the same checks make the same sentences; the data plane's typed errors become gRPC status codes in
+one table (CODES). The protocol's messages and stubs are Triton's, from the tritonclient package. The
+standard health service and server reflection sit beside it; every worker binds the port with
+SO_REUSEPORT, so the kernel spreads connections over the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hmac
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from service import __version__, metrics, tensors, v2
+from service.dataplane import DataPlane, V2Result, on_thread_if
+from service.errors import (
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+    Unimplemented,
+    UnsupportedMedia,
+)
+from service.lifecycle import Lifecycle
+from service.runtime import StartRefused, refuse_start
+from service.timing import Timing
+
+logger = logging.getLogger("bentoml.tinyserve")
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+# The data plane's errors as gRPC status codes: the one place they are mapped.
+CODES: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    UnsupportedMedia: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+# The typed contents field each datatype's values travel in (FP16 and BF16 have none: raw only).
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+# Calls open without the token, as their HTTP twins are: the probes an orchestrator sends.
+OPEN_METHODS = frozenset(
+    {
+        f"/{SERVICE}/ServerLive",
+        f"/{SERVICE}/ServerReady",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    }
+)
+UNAUTHORISED = "missing or invalid API token: send the metadata 'authorization: Bearer <token>'"
+
+
+def code_of(error: ServingError) -> grpc.StatusCode:
+    return next((CODES[kind] for kind in type(error).__mro__ if kind in CODES), grpc.StatusCode.INTERNAL)
+
+
+def _answering(method: Handler) -> Handler:
+    """A call's typed refusal -> its status code and sentence; anything else -> INTERNAL, logged here."""
+
+    @functools.wraps(method)
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except ServingError as e:
+            await context.abort(code_of(e), e.message)
+        except Exception:
+            logger.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server's log has the details")
+
+    return call  # type: ignore[return-value]
+
+
+def _unimplemented(call: str, instead: str) -> Callable[..., Awaitable[Any]]:
+    @_answering
+    async def refuse(self: Any, request: Any, context: Any) -> Any:
+        raise Unimplemented(f"{call} is not served by tinyserve; {instead}")
+
+    return refuse
+
+
+class Admission:
+    """The overload guard of the gRPC door: the HTTP guard's limit (TINYSERVE_MAX_CONCURRENCY) and sentences."""
+
+    def __init__(self, limit: int, lifecycle: Lifecycle) -> None:
+        self.limit = limit
+        self.lifecycle = lifecycle
+        self.in_flight = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.lifecycle.draining:
+            metrics.REFUSED.labels(status="503").inc()
+            raise Unavailable("the server is shutting down; send the request to another instance")
+        if self.in_flight >= self.limit:
+            metrics.REFUSED.labels(status="429").inc()
+            raise Overloaded(
+                f"server busy: {self.in_flight} requests in flight, the limit is {self.limit} "
+                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """A protobuf map<string, InferParameter> as the JSON request's parameters."""
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "string_param") for key, value in parameters.items()
+    }
+
+
+def _typed(tensor: Any) -> np.ndarray | None:
+    """An input's typed contents, from the field its datatype names; None when it has none."""
+    field = CONTENTS.get(tensor.datatype)
+    values = getattr(tensor.contents, field) if field else ()
+    if len(values):
+        return np.asarray(values)
+    given = [f.name for f, _ in tensor.contents.ListFields()]
+    if given:
+        expected = f"contents.{field}" if field else "raw_input_contents"
+        raise InvalidInput(f"input '{tensor.name}': {tensor.datatype} values go in {expected}, got contents.{given[0]}")
+    return None
+
+
+def _size(request: Any) -> int:
+    """About how many bytes a request's tensors hold (typed values counted at 4 bytes)."""
+    typed = sum(len(getattr(t.contents, CONTENTS.get(t.datatype, "fp32_contents"))) for t in request.inputs)
+    return sum(len(r) for r in request.raw_input_contents) + 4 * typed
+
+
+def to_v2(request: Any) -> tuple[tensors.InferenceRequest, memoryview]:
+    """A ModelInferRequest as the V2 request the HTTP route decodes: raw contents become its binary part."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "give one per input, in the inputs' order"
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        parameters = _parameters(tensor.parameters)
+        data = None
+        parameters.pop("binary_data_size", None)  # HTTP's framing: on gRPC, raw contents carry their own size
+        if raw:
+            parameters["binary_data_size"] = len(raw[i])
+        elif (data := _typed(tensor)) is None:
+            raise InvalidInput(
+                f"input '{tensor.name}': no data; give contents.{CONTENTS.get(tensor.datatype, 'fp32_contents')} "
+                "or raw_input_contents"
+            )
+        described = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype}
+        inputs.append(described | {"parameters": parameters, "data": data})
+    outputs = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs]
+    parsed = v2.validate_request(
+        {"id": request.id or None, "parameters": _parameters(request.parameters), "inputs": inputs}
+        | ({"outputs": outputs} if outputs else {})
+    )
+    binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw))
+    return parsed, binary
+
+
+def from_v2(result: V2Result) -> Any:
+    """The data plane's answer as a ModelInferResponse, every output as raw contents (as Triton answers)."""
+    response = pb.ModelInferResponse(
+        model_name=result.model.name, model_version=result.model.version, id=result.id or ""
+    )
+    for spec, _, array in result.outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
+        response.raw_output_contents.append(tensors.raw_bytes(spec, array))
+    return response
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, plane: DataPlane, admission: Admission) -> None:
+        self.plane = plane
+        self.admission = admission
+
+    @_answering
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    @_answering
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    @_answering
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        self.plane.model(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.plane.ready())
+
+    @_answering
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=v2.SERVER_NAME, version=__version__, extensions=v2.EXTENSIONS)
+
+    @_answering
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        metadata = self.plane.metadata(self.plane.model(request.name, request.version or None))
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
+
+    @_answering
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        statistics = self.plane.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict(statistics, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    @_answering
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        name, version = request.model_name, request.model_version or None
+        with self.admission(), metrics.counting("grpc"):
+            self.plane.model(name, version)  # an unknown model is refused before its tensors are read
+            timing = Timing()
+            heavy = _size(request) > v2.THREAD_BINARY_BYTES
+            with timing.measure("parse"):
+                parsed, binary = await on_thread_if(heavy, to_v2, request)
+            result = await self.plane.infer(name, version, parsed, binary, timing, offload=heavy)
+            return from_v2(result)
+
+    ModelStreamInfer = _unimplemented("streaming inference (ModelStreamInfer)", "call ModelInfer once per request")
+    ModelConfig = _unimplemented("the model configuration (ModelConfig)", "read ModelMetadata for inputs and outputs")
+    RepositoryIndex = _unimplemented("the model repository API (RepositoryIndex)", "read ModelMetadata per model")
+    RepositoryModelLoad = _unimplemented("loading models (RepositoryModelLoad)", "the server loads models/ at start")
+    RepositoryModelUnload = _unimplemented("unloading models (RepositoryModelUnload)", "serve without the model")
+    SystemSharedMemoryStatus = _unimplemented("shared memory (SystemSharedMemoryStatus)", "send tensors in requests")
+    SystemSharedMemoryRegister = _unimplemented(
+        "shared memory (SystemSharedMemoryRegister)", "send tensors in requests"
+    )
+    SystemSharedMemoryUnregister = _unimplemented(
+        "shared memory (SystemSharedMemoryUnregister)", "send tensors in requests"
+    )
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory (CudaSharedMemoryStatus)", "send tensors in requests")
+    CudaSharedMemoryRegister = _unimplemented(
+        "CUDA shared memory (CudaSharedMemoryRegister)", "send tensors in requests"
+    )
+    CudaSharedMemoryUnregister = _unimplemented(
+        "CUDA shared memory (CudaSharedMemoryUnregister)", "send tensors in requests"
+    )
+    TraceSetting = _unimplemented("trace settings (TraceSetting)", "use TINYSERVE_TRACING and OpenTelemetry")
+    LogSettings = _unimplemented("log settings (LogSettings)", "use TINYSERVE_ACCESS_LOG and the server's log")
+
+
+class Health(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1, answered from the data plane's readiness (NOT_SERVING while draining)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
+        self.plane = plane
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        if request.service not in ("", SERVICE):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}: expected {SERVICE}")
+        ready = self.plane.ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """TINYSERVE_API_TOKEN on gRPC: the `authorization` metadata, as the HTTP header; probes stay open."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token.encode()
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method in OPEN_METHODS or self._authorised(details.invocation_metadata):
+            return handler
+        return _refusing(handler)
+
+    def _authorised(self, metadata: Any) -> bool:
+        given = next((str(v) for k, v in metadata or () if k == "authorization"), "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.token)
+
+
+def _refusing(handler: Any) -> Any:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+
+    async def refuse(request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORISED)
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return kind(refuse, handler.request_deserializer, handler.response_serializer)
+
+
+def create(plane: DataPlane, *, admission: Admission, max_message_bytes: int, token: str | None) -> grpc.aio.Server:
+    """The gRPC server of one worker, its services added; not yet bound or started."""
+    server = grpc.aio.server(
+        interceptors=[TokenInterceptor(token)] if token else None,
+        options=[
+            ("grpc.so_reuseport", 1),  # every worker binds the port; the kernel spreads connections
+            ("grpc.max_receive_message_length", max_message_bytes),  # TINYSERVE_MAX_BODY_BYTES, as on HTTP
+        ],
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, admission), server)
+    health_pb2_grpc.add_HealthServicer_to_server(Health(plane), server)
+    reflection.enable_server_reflection(
+        [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    return server
+
+
+def check_port(host: str, port: int) -> None:
+    """In the server process, before any worker: the gRPC port is free, or the start is refused in one line
+    (a worker that cannot bind would be restarted forever; with SO_REUSEPORT a second server would share it)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    taken = f"the gRPC port {where} is already in use: stop what listens there, or set TINYSERVE_GRPC_PORT (0: off)"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reachable = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    with contextlib.suppress(OSError), socket.create_connection((reachable, port), timeout=2):
+        refuse_start(StartRefused(taken))  # something listens there, SO_REUSEPORT or not
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            refuse_start(StartRefused(taken if e.errno == errno.EADDRINUSE else f"gRPC cannot listen on {where}: {e}"))
+
+
+async def serve(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind `host:port` and start; the port bound (a refused bind raises with the address)."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound: int = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise RuntimeError(f"gRPC cannot listen on {address} (TINYSERVE_GRPC_PORT): {e}") from None
+    await server.start()
+    logger.info("gRPC (Open Inference Protocol) on %s", address)
+    return bound

@@ -1,0 +1,355 @@
+"""The gRPC front door in process: the real grpc.aio server on a 127.0.0.1 socket over the shipped models.
+
+Its own event loop on a thread, as a worker runs it; the clients (the protocol's stub, Triton's client,
+the health and reflection stubs) call it over the socket. Each refusal must carry the HTTP route's
+sentence, mapped to its gRPC code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from starlette.testclient import TestClient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+from service import grpc_server
+from service.dataplane import DataPlane
+
+pytestmark = pytest.mark.timeout(60)
+TOKEN = "s3cret"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+MAX_MESSAGE = 1024 * 1024
+
+
+@dataclass
+class Door:
+    address: str
+    stub: Any
+    channel: grpc.Channel
+    admission: grpc_server.Admission
+
+
+@pytest.fixture(scope="module")
+def door(plane: DataPlane) -> Iterator[Door]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    admission = grpc_server.Admission(2, plane.lifecycle)
+
+    async def start() -> tuple[Any, int]:
+        server = grpc_server.create(plane, admission=admission, max_message_bytes=MAX_MESSAGE, token=TOKEN)
+        return server, await grpc_server.serve(server, "127.0.0.1", 0)
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Door(f"127.0.0.1:{port}", pb_grpc.GRPCInferenceServiceStub(channel), channel, admission)
+    finally:
+        channel.close()
+        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+
+
+def _refusal(call: Any, request: Any, metadata: tuple[tuple[str, str], ...] = AUTH) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, metadata=metadata, timeout=30)
+    return caught.value.code(), caught.value.details()
+
+
+def _grpc_request(model: str, body: dict[str, Any], raw: bytes | None = None) -> Any:
+    """A V2 JSON request (with optional raw bytes for its one input) as the ModelInferRequest of the same."""
+    request = pb.ModelInferRequest(model_name=model, id=body.get("id", ""))
+    for tensor in body["inputs"]:
+        sent = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        if raw is None:
+            values = getattr(sent.contents, grpc_server.CONTENTS[tensor["datatype"]])
+            values.extend(np.asarray(tensor["data"], dtype=np.float64).ravel().tolist())
+    if raw is not None:
+        request.raw_input_contents.append(raw)
+    for output in body.get("outputs", []):
+        wanted = request.outputs.add(name=output["name"])
+        for key, value in output.get("parameters", {}).items():
+            if isinstance(value, bool):
+                wanted.parameters[key].bool_param = value
+            elif isinstance(value, int):
+                wanted.parameters[key].int64_param = value
+            else:
+                wanted.parameters[key].string_param = str(value)
+    return request
+
+
+def _http_binary(client: TestClient, model: str, body: dict[str, Any], raw: bytes) -> Any:
+    body = json.loads(json.dumps(body))
+    body["inputs"][0]["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps(body).encode()
+    return client.post(
+        f"/v2/models/{model}/infer",
+        content=header + raw,
+        headers={"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
+    )
+
+
+def _tensor(shape: list[int], data: Any, datatype: str = "FP32") -> dict[str, Any]:
+    return {"name": "x", "datatype": datatype, "shape": shape, "data": data}
+
+
+TYPED_CASES = {
+    "wrong shape": ("lenet", {"inputs": [_tensor([1, 2], [0.5, 0.5])]}),
+    "wrong datatype": ("linear", {"inputs": [_tensor([1, 1], [1.0], "FP64")]}),
+    "too few values": ("multilinear", {"inputs": [_tensor([2, 3], [1.0, 2.0, 3.0])]}),
+    "out of range": ("lenet", {"inputs": [_tensor([1, 1, 32, 32], [2.0] * 1024)]}),
+    "unknown input": ("linear", {"inputs": [{**_tensor([1, 1], [1.0]), "name": "nope"}]}),
+    "unknown output": ("linear", {"inputs": [_tensor([1, 1], [1.0])], "outputs": [{"name": "z"}]}),
+    "output twice": ("linear", {"inputs": [_tensor([1, 1], [1.0])], "outputs": [{"name": "y"}, {"name": "y"}]}),
+    "shared memory": (
+        "linear",
+        {
+            "inputs": [_tensor([1, 1], [1.0])],
+            "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}],
+        },
+    ),
+    "unsupported parameter": (
+        "linear",
+        {"inputs": [_tensor([1, 1], [1.0])], "outputs": [{"name": "y", "parameters": {"top_k": 3}}]},
+    ),
+    "negative class count": (
+        "lenet",
+        {
+            "inputs": [_tensor([1, 1, 32, 32], [0.5] * 1024)],
+            "outputs": [{"name": "logits", "parameters": {"classification": -1}}],
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TYPED_CASES))
+def test_a_bad_typed_request_gets_the_http_route_s_sentence_as_invalid_argument(
+    door: Door, client: TestClient, case: str
+) -> None:
+    model, body = TYPED_CASES[case]
+    http = client.post(f"/v2/models/{model}/infer", json=body)
+    assert http.status_code == 400, http.text
+    assert _refusal(door.stub.ModelInfer, _grpc_request(model, body)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        http.json()["error"],
+    )
+
+
+RAW_CASES = {
+    "NaN": ("linear", [1, 1], np.array([[np.nan]], np.float32).tobytes()),
+    "infinity": ("blobs", [1, 2], np.array([[1.0, np.inf]], np.float32).tobytes()),
+    "short": ("multilinear", [1, 3], np.zeros(2, np.float32).tobytes()),
+    "overflowing output": ("multilinear", [1, 3], np.full(3, 3e38, np.float32).tobytes()),
+}
+
+
+@pytest.mark.parametrize("case", list(RAW_CASES))
+def test_a_bad_raw_request_gets_the_binary_http_route_s_sentence(door: Door, client: TestClient, case: str) -> None:
+    model, shape, raw = RAW_CASES[case]
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}]}
+    http = _http_binary(client, model, body, raw)
+    assert http.status_code == 400, http.text
+    assert _refusal(door.stub.ModelInfer, _grpc_request(model, body, raw)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        http.json()["error"],
+    )
+
+
+def test_unknown_model_or_version_is_not_found_with_the_http_sentence(door: Door, client: TestClient) -> None:
+    body = {"inputs": [_tensor([1, 1], [1.0])]}
+    for model, version in (("nope", ""), ("linear", "7")):
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+        sentence = client.post(f"{path}/infer", json=body).json()["error"]
+        request = _grpc_request(model, body)
+        request.model_version = version
+        assert _refusal(door.stub.ModelInfer, request) == (grpc.StatusCode.NOT_FOUND, sentence)
+        metadata = pb.ModelMetadataRequest(name=model, version=version)
+        assert _refusal(door.stub.ModelMetadata, metadata) == (grpc.StatusCode.NOT_FOUND, sentence)
+        assert _refusal(door.stub.ModelReady, pb.ModelReadyRequest(name=model, version=version))[0] == (
+            grpc.StatusCode.NOT_FOUND
+        )
+
+
+def test_a_request_without_inputs_gets_the_http_route_s_sentence(door: Door, client: TestClient) -> None:
+    http = client.post("/v2/models/linear/infer", json={"inputs": []})
+    assert http.status_code == 400
+    assert _refusal(door.stub.ModelInfer, pb.ModelInferRequest(model_name="linear")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        http.json()["error"],
+    )
+
+
+def test_typed_contents_and_raw_contents_give_the_same_bits(door: Door) -> None:
+    x = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    body = {"inputs": [_tensor(list(x.shape), x.ravel().tolist())]}
+    typed = door.stub.ModelInfer(_grpc_request("lenet", body), metadata=AUTH, timeout=30)
+    raw = door.stub.ModelInfer(_grpc_request("lenet", body, x.tobytes()), metadata=AUTH, timeout=30)
+    assert typed.raw_output_contents == raw.raw_output_contents
+    assert [(o.name, o.datatype, list(o.shape)) for o in raw.outputs] == [("logits", "FP32", [3, 10])]
+    assert (raw.model_name, raw.model_version) == ("lenet", "1")
+
+
+def test_raw_contents_must_match_the_inputs_one_to_one(door: Door) -> None:
+    request = _grpc_request("linear", {"inputs": [_tensor([1, 1], None)]}, b"\0\0\0\0")
+    request.raw_input_contents.append(b"\0\0\0\0")
+    assert _refusal(door.stub.ModelInfer, request) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents has 2 entries for 1 inputs; give one per input, in the inputs' order",
+    )
+    empty = pb.ModelInferRequest(model_name="linear")
+    empty.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    assert _refusal(door.stub.ModelInfer, empty) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': no data; give contents.fp32_contents or raw_input_contents",
+    )
+    wrong_field = pb.ModelInferRequest(model_name="linear")
+    wrong_field.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.int_contents.append(1)
+    assert _refusal(door.stub.ModelInfer, wrong_field) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': FP32 values go in contents.fp32_contents, got contents.int_contents",
+    )
+
+
+def test_classification_answers_the_top_classes_with_the_card_s_labels(door: Door) -> None:
+    client = triton.InferenceServerClient(door.address)
+    x = np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    headers = dict(AUTH)
+    logits = client.infer("lenet", [tensor], headers=headers).as_numpy("logits")
+    wanted = triton.InferRequestedOutput("logits", class_count=3)
+    top = client.infer("lenet", [tensor], outputs=[wanted], headers=headers).as_numpy("logits")
+    assert top.shape == (2, 3) and top.dtype == np.object_
+    for row, classes in zip(logits, top, strict=True):
+        best = np.argsort(-row, kind="stable")[:3]
+        assert [c.decode() for c in classes] == [f"{row[i]:f}:{i}:{i}" for i in best]
+    client.close()
+
+
+def test_statistics_count_each_request_its_rows_and_its_time(door: Door) -> None:
+    def lenet() -> Any:
+        (stats,) = door.stub.ModelStatistics(pb.ModelStatisticsRequest(name="lenet"), metadata=AUTH).model_stats
+        return stats
+
+    before = lenet()
+    x = np.zeros((3, 1, 32, 32), np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 1, 32, 32]}]}
+    for _ in range(2):
+        door.stub.ModelInfer(_grpc_request("lenet", body, x.tobytes()), metadata=AUTH, timeout=30)
+    after = lenet()
+    assert (after.name, after.version) == ("lenet", "1")
+    assert after.inference_count - before.inference_count == 6
+    assert after.execution_count - before.execution_count == 2
+    success = after.inference_stats.success
+    assert success.count - before.inference_stats.success.count == 2
+    assert success.ns > before.inference_stats.success.ns
+    assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
+    every = door.stub.ModelStatistics(pb.ModelStatisticsRequest(), metadata=AUTH).model_stats
+    assert [s.name for s in every] == ["blobs", "lenet", "linear", "multilinear"]
+
+
+def test_calls_not_served_answer_unimplemented_with_a_sentence(door: Door) -> None:
+    calls = {
+        door.stub.ModelConfig: pb.ModelConfigRequest(name="lenet"),
+        door.stub.RepositoryIndex: pb.RepositoryIndexRequest(),
+        door.stub.SystemSharedMemoryStatus: pb.SystemSharedMemoryStatusRequest(),
+        door.stub.CudaSharedMemoryRegister: pb.CudaSharedMemoryRegisterRequest(),
+        door.stub.TraceSetting: pb.TraceSettingRequest(),
+        door.stub.LogSettings: pb.LogSettingsRequest(),
+    }
+    for call, request in calls.items():
+        code, sentence = _refusal(call, request)
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert " is not served by tinyserve; " in sentence
+
+    def stream(requests: Any, **kwargs: Any) -> list[Any]:
+        return list(door.stub.ModelStreamInfer(requests, **kwargs))
+
+    code, sentence = _refusal(stream, iter([pb.ModelInferRequest(model_name="lenet")]))
+    assert (code, sentence) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "streaming inference (ModelStreamInfer) is not served by tinyserve; call ModelInfer once per request",
+    )
+
+
+def test_the_token_is_asked_for_except_by_the_probes(door: Door) -> None:
+    body = {"inputs": [_tensor([1, 1], [1.0])]}
+    for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
+        assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body), metadata) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc_server.UNAUTHORISED,
+        )
+    assert _refusal(door.stub.ModelMetadata, pb.ModelMetadataRequest(name="linear"), ())[0] == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert door.stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+    assert door.stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+    health = health_pb2_grpc.HealthStub(door.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+    answer = door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30)
+    assert np.frombuffer(answer.raw_output_contents[0], "<f4").shape == (1,)
+
+
+def test_health_names_the_inference_service_and_reflection_lists_the_services(door: Door) -> None:
+    health = health_pb2_grpc.HealthStub(door.channel)
+    for service in ("", "inference.GRPCInferenceService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    reflection = reflection_pb2_grpc.ServerReflectionStub(door.channel)
+    asked = reflection_pb2.ServerReflectionRequest(list_services="")
+    (answer,) = list(reflection.ServerReflectionInfo(iter([asked]), metadata=AUTH, timeout=30))
+    assert sorted(s.name for s in answer.list_services_response.service) == [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "inference.GRPCInferenceService",
+    ]
+
+
+def test_overload_is_resource_exhausted_and_draining_unavailable(door: Door, plane: DataPlane) -> None:
+    body = {"inputs": [_tensor([1, 1], [1.0])]}
+    with door.admission(), door.admission():  # the limit (2) is reached
+        assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "server busy: 2 requests in flight, the limit is 2 (TINYSERVE_MAX_CONCURRENCY); retry after 1 s",
+        )
+    plane.lifecycle.draining = True
+    try:
+        assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "the server is shutting down; send the request to another instance",
+        )
+        assert not door.stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+        health = health_pb2_grpc.HealthStub(door.channel)
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=30).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        plane.lifecycle.draining = False
+    assert door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30).outputs[0].name == "y"
+
+
+def test_a_message_over_the_body_limit_is_resource_exhausted(door: Door) -> None:
+    x = np.zeros((300, 1, 32, 32), np.float32)  # 1.2 MB > the 1 MiB limit
+    client = triton.InferenceServerClient(door.address)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("lenet", [tensor], headers=dict(AUTH))
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    client.close()
