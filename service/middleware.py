@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from service import connections, metrics, openapi
+from service import metrics, openapi
+from service.compat import connections
 from service.errors import envelope, normalise
 from service.lifecycle import Lifecycle
 from service.settings import Settings, auth_summary

@@ -20,11 +20,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.errors import clip
+
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    for part in loc:  # a field name is the client's: an unknown one of 5 MB is shown cut short
+        text += f"[{part}]" if isinstance(part, int) else (f".{clip(part)}" if text else clip(str(part)))
     return text
 
 

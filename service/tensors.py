@@ -106,7 +106,9 @@ def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
 
 def _check_against(tensor: RequestInput, spec: TensorSpec) -> tuple[np.dtype[Any], int]:
     if tensor.datatype not in DATATYPES:
-        raise TensorError(f"input '{tensor.name}': unsupported datatype {tensor.datatype!r}; expected {spec.datatype}")
+        raise TensorError(
+            f"input '{tensor.name}': unsupported datatype {echo(tensor.datatype)}; expected {spec.datatype}"
+        )
     if tensor.datatype != spec.datatype:
         raise TensorError(
             f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {spec.datatype}"

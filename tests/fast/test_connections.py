@@ -1,4 +1,4 @@
-"""service.connections' hooks in uvicorn's httptools protocol, on a real uvicorn server (uvloop and httptools,
+"""service.compat.connections' hooks in uvicorn's httptools protocol, on a real uvicorn server (uvloop and httptools,
 as BentoML runs it) in this process: idle and slow-header connections closed, oversized headers refused.
 
 An upgrade of uvicorn that moves what the hooks wrap fails here, not in production.
@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http import auto, httptools_impl
 
-from service import connections
+from service.compat import connections
 
 pytestmark = pytest.mark.timeout(60)
 LIMITS = connections.Limits(header_timeout=0.5, idle_timeout=0.5, max_header_bytes=1024, write_timeout=0.5)

@@ -1,6 +1,10 @@
 """Every reach into another project's internals, in one place, checked against the versions it was written for.
 
-BentoML 1.4, its circus arbiter and uvicorn offer no public way to do two things a serving system needs:
+This package is the fence: `service.compat` (here) for BentoML's and circus's sockets and workers and
+uvicorn's request cycle, `service.compat.connections` for uvicorn's connection limits (header size and
+time, idle connections, the file limit). Nothing else in the service touches a private name.
+
+BentoML 1.4, its circus arbiter and uvicorn offer no public way to do these things a serving system needs:
 
 1. One listening socket per worker (SO_REUSEPORT), so that connections spread over the workers.
    One listening socket per worker (SO_REUSEPORT), so that connections spread over the workers.
