@@ -45,7 +45,8 @@ HANDMADE_SEED = 0  # the drawn and typed digits of the card's figures (the tests
 # threshold (service/recognition.py reads it from the card). Measured on the committed model: 99.4% of the
 # held-out digits are taken, and every drawn and typed digit read right still is (card sets and the tests'),
 # while 12% of letters in 12 DejaVu faces (16% of those not shaped like a digit) and 34% of random scribbles
-# are refused. A higher threshold refuses more of both and begins to refuse drawn digits read right (at 4.8).
+# are refused (`python -m training.recognition` prints these). A higher threshold refuses more of both and
+# begins to refuse drawn digits read right (at 4.8); the letter X stays an "8" at any threshold under 9.
 RECOGNITION = {"rule": "max_logit", "threshold": 4.5}
 
 
