@@ -5,8 +5,8 @@ card's `extra.recognition` says how to tell: {"rule": "max_logit", "threshold": 
 whose largest logit reaches t. The largest logit, not the softmax's top probability: softmax only
 compares the ten answers, so a scribble that looks like no digit at all can still take 100% of it,
 while the logit's size says how strongly the image matched a digit's features (measured on held-out
-scans, drawn and typed digits against letters and scribbles: see training/lenet.py). A card without
-the entry recognises every image, as before.
+scans, drawn and typed digits against letters and scribbles: `python -m training.recognition`). A card
+without the entry recognises every image, as before.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Locator, Page
 
+from service import openapi
+from service.schemas import LinearRequest, RegressionResponse
 from tests.browser import SIZES, axe_violations, chromium, overflow, screenshot
 from tests.server import Server, running
 
@@ -92,9 +95,9 @@ def test_every_example_is_the_readmes_and_the_server_answers_it(spec: dict[str, 
     assert spec["components"]["schemas"][reference]["properties"]["image"]["format"] == "binary"
 
 
-def _open(page: Page, operation: str) -> Locator:
-    """Expand the first operation whose id has these words and press Try it out."""
-    block = page.locator(f"[id^='operations-'][id*='{operation}']").first
+def _open(page: Page, path: str) -> Locator:
+    """Expand the POST operation of this path and press Try it out."""
+    block = page.locator(".opblock-post").filter(has=page.locator(f".opblock-summary-path[data-path='{path}']"))
     block.locator(".opblock-summary-control").click()
     block.locator("button.try-out__btn").click()
     return block
@@ -126,14 +129,14 @@ def test_the_docs_page_runs_the_examples_and_passes_axe(browser: Browser, server
         assert [t.split(" ")[0] for t in tags[:2]] == ["v1:", "v1:"] and "default" not in " ".join(tags)
         assert page.locator(".btn.authorize").count() == 1
         assert axe_violations(page) == []
-        linear = _open(page, "predict_linear")
+        linear = _open(page, "/v1/linear/predict")
         body = linear.locator("textarea.body-param__text").input_value()
         assert body.replace(" ", "").replace("\n", "") == '{"x":[1,2]}'
         assert _execute(linear) == "200"
-        lenet = _open(page, "predict_lenet")
+        lenet = _open(page, "/v1/lenet/predict")
         assert _execute(lenet) == "200"
         assert '"labels": [\n    7\n  ]' in lenet.locator(".live-responses-table .microlight").first.inner_text()
-        upload = _open(page, "predict_image")
+        upload = _open(page, "/v1/lenet/predict-image")
         assert upload.locator("input[type=file]").count() == 1  # a file picker, not a text box
         assert axe_violations(page) == []
         assert overflow(page) == 0
@@ -149,4 +152,23 @@ def test_authorize_takes_the_token_of_a_protected_server(
             page.fill(".auth-container input", TOKEN)
             page.click(".auth-btn-wrapper button.authorize")
             page.click(".auth-btn-wrapper button.btn-done")
-            assert _execute(_open(page, "predict_linear")) == "200"
+            assert _execute(_open(page, "/v1/linear/predict")) == "200"
+
+
+def test_the_rewrite_holds_for_typed_routes_served_by_fastapi() -> None:
+    """Keyed on paths, not on where a route comes from: the same document from FastAPI routes."""
+    app = FastAPI()
+
+    @app.post("/v1/linear/predict", response_model=RegressionResponse)
+    def predict(request: LinearRequest) -> RegressionResponse:
+        raise NotImplementedError
+
+    spec = openapi.describe(app.openapi())
+    operation = spec["paths"]["/v1/linear/predict"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["example"] == {"x": [1.0, 2.0]}
+    assert "422" not in operation["responses"] and "HTTPValidationError" not in spec["components"]["schemas"]
+    assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert operation["tags"] == ["v1: predict"] and operation["security"] == [{"token": []}, {}]
+    assert "LinearRequest" in spec["components"]["schemas"]
