@@ -146,6 +146,7 @@ class DataPlane:
             label=answer["labels"][0],
             probabilities=answer["probabilities"][0],
             input=x[0].tolist() if with_input else None,
+            recognised=answer["recognised"][0] if "recognised" in answer else None,
         )
 
     # -- the Open Inference Protocol

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJson
 from pydantic_core import PydanticCustomError
 
 from modelrepo import MAX_IMAGES, MAX_ROWS, ModelCard, ModelKind, softmax
+from service import recognition
 from service.errors import InvalidInput
 from service.schemas import Reply, Request
 
@@ -36,6 +37,7 @@ class Contract:
     sizes: tuple[int, ...] = ()  # pictures: the accepted sides (square)
     max_rows: int = MAX_ROWS
     logits: bool = False  # a classifier's output is logits: the answer's probabilities are their softmax
+    recognition: ModelCard | None = None  # the card, when it has a rule for "not any of my classes"
 
     def parse(self, body: bytes) -> np.ndarray:
         """The model's input array from a request body, or InvalidInput with Pydantic's exact sentences."""
@@ -97,7 +99,10 @@ class Contract:
             p = out.ravel()
             return head | {"labels": (p > 0.5).astype(int).tolist(), "probabilities": p.tolist()}
         probabilities = softmax(out) if self.logits else out
-        return head | {"labels": probabilities.argmax(axis=1).tolist(), "probabilities": probabilities.tolist()}
+        answer = head | {"labels": probabilities.argmax(axis=1).tolist(), "probabilities": probabilities.tolist()}
+        if self.recognition is not None:
+            answer["recognised"] = recognition.recognised(out, self.recognition).tolist()
+        return answer
 
 
 def _explain(error: ValidationError) -> str:
@@ -185,12 +190,13 @@ def contract(card: ModelCard) -> Contract:
         kind=kind,
         field="images" if kind is ModelKind.IMAGE else "x",
         request=request,
-        response=_response(kind, title, labels),
+        response=_response(kind, title, labels, recognises="recognition" in card.extra),
         row_shape=row_shape,
         value_range=(low, high),
         sizes=sizes if kind is ModelKind.IMAGE else (),
         max_rows=kind.max_rows,
         logits=card.logits,
+        recognition=recognition.checked(card),
     )
 
 
@@ -210,7 +216,7 @@ def _stroke(side: int, low: float, high: float) -> list[list[float]]:
     return rows
 
 
-def _response(kind: ModelKind, title: str, labels: str) -> type[Reply]:
+def _response(kind: ModelKind, title: str, labels: str, *, recognises: bool = False) -> type[Reply]:
     if kind is ModelKind.REGRESSION:
         fields: dict[str, Any] = {
             "y": (list[float], Field(description="one prediction per input row, in input order")),
@@ -228,6 +234,14 @@ def _response(kind: ModelKind, title: str, labels: str) -> type[Reply]:
                 Field(description="softmax over the classes, one list per row, in the card's label order"),
             ),
         }
+    if recognises:
+        fields["recognised"] = (
+            list[bool],
+            Field(
+                description="per row: false when the input does not look like any of the classes (a letter, a "
+                "scribble); the label is then only the nearest class"
+            ),
+        )
     model: type[Reply] = create_model(f"{title}Response", __base__=Reply, **fields)
     return model
 

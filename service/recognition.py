@@ -28,3 +28,20 @@ def recognised(logits: np.ndarray, card: modelrepo.ModelCard) -> np.ndarray:
         raise ValueError(f"model {card.name}: unknown recognition rule {name!r}: expected one of {', '.join(RULES)}")
     accepted: np.ndarray = np.asarray(logits).max(axis=1) >= float(rule["threshold"])
     return accepted
+
+
+def checked(card: modelrepo.ModelCard) -> modelrepo.ModelCard | None:
+    """The card, if it has a recognition rule this module knows (ModelRepositoryError if it has another)."""
+    rule = card.extra.get("recognition")
+    if rule is None:
+        return None
+    if (
+        not isinstance(rule, dict)
+        or rule.get("rule") not in RULES
+        or not isinstance(rule.get("threshold"), int | float)
+    ):
+        raise modelrepo.ModelRepositoryError(
+            f'{card.name}/{card.version}: extra.recognition must be {{"rule": one of {", ".join(RULES)}, '
+            f'"threshold": a number}}, got {rule!r}'[:300]
+        )
+    return card

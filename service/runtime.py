@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 import modelrepo
 from service import cuda, metrics, provenance
+from service.kinds import contract
 from service.machine import Cores, Shape, available_cores, choose_shape
 from service.settings import Settings
 from service.tensors import ONNX_TYPES
@@ -189,7 +190,7 @@ def preflight(settings: Settings, *, inherited: str | None = None) -> tuple[list
     for entry in entries:
         modelrepo.verify(entry)
         provenance.verify(entry, keys)  # signed by a trusted key, when TINYSERVE_TRUSTED_KEYS names any
-        _ = entry.card.kind  # a card that fits no kind of model refuses the start here, not in every worker
+        contract(entry.card)  # a card that fits no kind of model refuses the start here, not in every worker
     if inherited:
         return entries, Runtime.from_env(inherited)
     runtime = decide(settings, entries)

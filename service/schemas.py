@@ -101,6 +101,11 @@ class ImageResponse(Reply):
     input: list[list[float]] | None = Field(
         None, description="with ?input=true: the image the model was given, after the server's preprocessing"
     )
+    recognised: bool | None = Field(
+        None,
+        description="false when the picture does not look like any of the classes (a letter, a scribble); "
+        "given when the model's card has a rule for it",
+    )
 
 
 class TensorInfo(BaseModel):

@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from playwright.sync_api import Browser, Locator, Page
 
+import modelrepo
 from service import openapi
-from service.schemas import LinearRequest, RegressionResponse
+from service.kinds import contract
 from tests.browser import SIZES, axe_violations, chromium, overflow, screenshot
+from tests.helpers import REPO
 from tests.server import Server, running
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,15 +156,10 @@ def test_authorize_takes_the_token_of_a_protected_server(
             assert _execute(_open(page, "/v1/linear/predict")) == "200"
 
 
-def test_the_rewrite_holds_for_typed_routes_served_by_fastapi() -> None:
-    """Keyed on paths, not on where a route comes from: the same document from FastAPI routes."""
-    app = FastAPI()
-
-    @app.post("/v1/linear/predict", response_model=RegressionResponse)
-    def predict(request: LinearRequest) -> RegressionResponse:
-        raise NotImplementedError
-
-    spec = openapi.describe(app.openapi())
+def test_the_typed_routes_made_from_the_cards_are_documented_as_the_page_needs() -> None:
+    """The per-model routes (service.kinds, from each card) through the same rewrite: examples, envelope, tags."""
+    contracts = {e.name: contract(e.card) for e in modelrepo.discover(REPO / "models")}
+    spec = openapi.describe(openapi.add_models({"paths": {}}, contracts))
     operation = spec["paths"]["/v1/linear/predict"]["post"]
     assert operation["requestBody"]["content"]["application/json"]["example"] == {"x": [1.0, 2.0]}
     assert "422" not in operation["responses"] and "HTTPValidationError" not in spec["components"]["schemas"]
@@ -171,4 +167,5 @@ def test_the_rewrite_holds_for_typed_routes_served_by_fastapi() -> None:
         "$ref": "#/components/schemas/Error"
     }
     assert operation["tags"] == ["v1: predict"] and operation["security"] == [{"token": []}, {}]
-    assert "LinearRequest" in spec["components"]["schemas"]
+    assert {"LinearRequest", "LenetRequest", "LenetResponse"} <= set(spec["components"]["schemas"])
+    assert "recognised" in spec["components"]["schemas"]["LenetResponse"]["properties"]
