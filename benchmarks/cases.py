@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -90,46 +87,24 @@ def bulk_v2(url: str, images: int, in_flight: int, requests: int) -> dict[str, A
     return result | {"images_per_s": result["rps"] * images, "in_flight": in_flight}
 
 
-@contextlib.contextmanager
-def tcp_nodelay_in_tritonclient() -> Iterator[None]:
-    """The client-side remedy for the Nagle stall: TCP_NODELAY on geventhttpclient's sockets.
-
-    `ConnectionPool._create_tcp_socket` is the hook geventhttpclient documents for socket options.
-    """
-    from geventhttpclient.connectionpool import ConnectionPool
-
-    original = ConnectionPool._create_tcp_socket
-
-    def create(self: ConnectionPool, *args: Any) -> Any:
-        sock = original(self, *args)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    ConnectionPool._create_tcp_socket = create  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        ConnectionPool._create_tcp_socket = original  # type: ignore[method-assign]
-
-
-def triton_bulk(url: str, images: int, requests: int, *, nodelay: bool) -> dict[str, float]:
+def triton_bulk(url: str, images: int, requests: int) -> dict[str, float]:
     """`tritonclient.http`, one 1024-image binary request at a time: p50 and p90 per request."""
     import tritonclient.http as triton
 
-    with tcp_nodelay_in_tritonclient() if nodelay else contextlib.nullcontext():
-        client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
-        x = np.random.default_rng(0).random((images, 1, 32, 32), dtype=np.float32)
-        tensor = triton.InferInput("x", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        wanted = [triton.InferRequestedOutput("logits", binary_data=True)]
-        for _ in range(3):
-            client.infer("lenet", [tensor], outputs=wanted)
-        seconds = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            client.infer("lenet", [tensor], outputs=wanted)
-            seconds.append(time.perf_counter() - started)
-        client.close()
+    # tritonclient as its users run it: Nagle on (BENCHMARKS.md: Triton's client and delayed ACKs)
+    client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
+    x = np.random.default_rng(0).random((images, 1, 32, 32), dtype=np.float32)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    wanted = [triton.InferRequestedOutput("logits", binary_data=True)]
+    for _ in range(3):
+        client.infer("lenet", [tensor], outputs=wanted)
+    seconds = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        client.infer("lenet", [tensor], outputs=wanted)
+        seconds.append(time.perf_counter() - started)
+    client.close()
     seconds.sort()
     return {
         "p50_ms": statistics.median(seconds) * 1000,
