@@ -11,7 +11,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -21,6 +24,10 @@ CARD_SCHEMA_VERSION = 1
 # The bound is float32(1e30), exact in float32 and float64 alike, so that a value passes or fails the same
 # whether it is checked as JSON text, as float64 or as float32 bytes.
 MAX_MAGNITUDE = 1.0000000150474662e30
+# Rows in one request on the typed JSON routes: the server's limit, which the client keeps to as well.
+MAX_ROWS = 4096  # rows of features
+MAX_IMAGES = 256  # pictures (a 32x32 picture is ~8 KB of JSON)
+MNIST_PAD = 2  # a card with preprocessing "mnist_28x28" also takes pictures 2 pixels smaller on each side
 
 
 class ModelRepositoryError(Exception):
@@ -51,6 +58,26 @@ class ModelKind(enum.Enum):
     BINARY = "binary-classification"  # rows of features -> P(label 1) a row
     MULTICLASS = "multiclass-classification"  # rows of features -> logits over the card's labels
     IMAGE = "image-classification"  # [N, 1, H, W] pictures, pixels in [0, 1] -> logits over the labels
+
+    @property
+    def max_rows(self) -> int:
+        """Most rows (or pictures) in one request on this kind's typed route."""
+        return MAX_IMAGES if self is ModelKind.IMAGE else MAX_ROWS
+
+    @property
+    def classifies(self) -> bool:
+        """Its answer is a class over the card's labels, with the probabilities of them all."""
+        return self in (ModelKind.MULTICLASS, ModelKind.IMAGE)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from a classifier's logits, row by row, in the logits' dtype: the server, the client and
+    --local compute them with this one function, so that their answers are equal to the bit."""
+    import numpy as np  # only a caller that holds an array needs numpy; the module itself needs none
+
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,17 @@ class ModelCard:
     def input_range(self) -> tuple[float, float]:
         """The one rule on input values, the same on every route and in the client: [low, high], finite."""
         return self.inputs[0].value_range
+
+    @property
+    def logits(self) -> bool:
+        """A classifier whose output is named "logits": its probabilities are their softmax (else the output is
+        the probabilities)."""
+        return self.outputs[0].name == "logits"
+
+    @property
+    def padded_side(self) -> int:
+        """A picture model that also takes MNIST-sized pictures, zero-padded to its side: their side (else 0)."""
+        return int(self.inputs[0].shape[-1]) - 2 * MNIST_PAD if "mnist_28x28" in self.preprocessing else 0
 
     @property
     def kind(self) -> ModelKind:

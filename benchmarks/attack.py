@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import re
+import select
 import socket
 import struct
 import sys
@@ -227,12 +228,13 @@ def idle_connections(target: Target, connections: int = 500) -> Outcome:
 
 
 def huge_header(target: Target, size: int = 40 * 2**20) -> Outcome:
-    """One header of `size` bytes: refused with 431 once past the limit, not parsed whole."""
+    """One header of `size` bytes, sent as a client that watches for an answer would: refused with 431 once
+    past the limit, before the rest is sent (the server reads and drops what still comes for a moment)."""
     with closing(connect(target)) as sock:
         sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent = 0
         try:
-            while sent < size:
+            while sent < size and not select.select([sock], [], [], 0)[0]:  # stop once the server answered
                 sock.sendall(b"a" * 65536)
                 sent += 65536
         except (BrokenPipeError, ConnectionResetError):
@@ -244,11 +246,11 @@ def huge_header(target: Target, size: int = 40 * 2**20) -> Outcome:
 
 
 def slow_bodies(target: Target, connections: int = 300) -> Outcome:
-    """Model requests whose bodies never finish: a fresh request must still be served, not 429."""
+    """Model requests that declare 16 MB and send 5 bytes: they must hold neither a concurrency slot nor the
+    body budget (what they declare), so a fresh request is served, not 429; each slow one gets 408."""
     body = json.dumps({"x": [1.0]}).encode()
-    head = request_head(
-        target, "POST", "/v1/linear/predict", {"Content-Type": "application/json", "Content-Length": "100"}
-    )
+    declared = {"Content-Type": "application/json", "Content-Length": str(16_000_000)}
+    head = request_head(target, "POST", "/v1/linear/predict", declared)
     with ExitStack() as stack:
         socks = [stack.enter_context(closing(connect(target))) for _ in range(connections)]
         for sock in socks:

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from benchmarks.digits import held_out_digits, upscale_32
 from benchmarks.server import REPO
+from client.v2 import binary_request
 
 MODELS = REPO / "models"
 
@@ -78,16 +79,7 @@ def lenet_image_json() -> bytes:
 
 def v2_binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """A V2 request with `x` as a binary tensor and the output asked for in binary, and its headers."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
-    return header + x.tobytes(), headers
+    return binary_request(x, ["logits"])
 
 
 def bulk_v2(url: str, images: int, in_flight: int, requests: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.server import REPO
+from client.v2 import binary_request
 from service.runtime import start_up
 from service.server import create_service
 from service.settings import Settings
@@ -35,7 +36,7 @@ def _requests() -> dict[str, tuple[str, bytes, list[tuple[bytes, bytes]], np.nda
     x = np.load(REPO / "examples" / "digits.npy")[:1].astype(np.float32)
     json_type = [(b"content-type", b"application/json")]
     tensor = {"name": "x", "shape": [1, 1, 32, 32], "datatype": "FP32"}
-    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    binary, binary_headers = binary_request(x, binary_output=False)
     return {
         "typed JSON (/v1/lenet/predict)": (
             "/v1/lenet/predict",
@@ -51,11 +52,8 @@ def _requests() -> dict[str, tuple[str, bytes, list[tuple[bytes, bytes]], np.nda
         ),
         "V2 binary": (
             "/v2/models/lenet/infer",
-            header + x.tobytes(),
-            [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(len(header)).encode()),
-            ],
+            binary,
+            [(k.lower().encode(), v.encode()) for k, v in binary_headers.items()],
             x,
         ),
     }

@@ -29,6 +29,7 @@ from PIL import Image
 
 from benchmarks.digits import held_out_digits, render, upscale_32
 from benchmarks.server import Server, running
+from client.v2 import binary_request
 
 JSON = {"content-type": "application/json"}
 
@@ -44,15 +45,7 @@ class Kind:
 
 
 def _v2_binary(model: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    return binary_request(x)
 
 
 def kinds() -> list[Kind]:

@@ -15,7 +15,7 @@ import numpy as np
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 
 import modelrepo
-from client import formats
+from client import formats, v2
 from client.grpc_transport import AUTH_CODES, RETRY_CODES, GrpcTransport, RpcFailed
 
 RETRY_STATUS = {429, 502, 503, 504}
@@ -34,58 +34,87 @@ class AuthenticationFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ModelKind:
-    """What the client needs of a model's card: its input row shape and how to read its output."""
+class Model:
+    """What the client needs of a model's card: its kind, its input rows and their rule, how to read its output."""
 
     name: str
-    task: str
+    kind: modelrepo.ModelKind
+    input: str
     row_shape: tuple[int, ...]
     output: str
     value_range: tuple[float, float]  # the card's rule on input values, the same the server checks
+    classes: int  # a classifier's labels (0 for a regression or a binary classifier)
+    logits: bool  # the output is logits: the probabilities are their softmax
+    padded_side: int  # pictures of this side are zero-padded to the model's (0: none)
 
     @classmethod
-    def from_card(cls, card: modelrepo.ModelCard) -> ModelKind:
-        return cls(card.name, card.task, card.inputs[0].shape[1:], card.outputs[0].name, card.input_range)
+    def from_card(cls, card: modelrepo.ModelCard) -> Model:
+        kind = card.kind  # ModelRepositoryError when the card fits no kind the client knows
+        return cls(
+            name=card.name,
+            kind=kind,
+            input=card.inputs[0].name,
+            row_shape=card.inputs[0].shape[1:],
+            output=card.outputs[0].name,
+            value_range=card.input_range,
+            classes=len(card.labels or ()) if kind.classifies else 0,
+            logits=card.logits,
+            padded_side=card.padded_side if kind is modelrepo.ModelKind.IMAGE else 0,
+        )
 
     @property
     def rows(self) -> formats.RowShape:
         """What one input row must be: the model's row shape and its rule on values, as the server checks it."""
         return formats.RowShape(
-            self.row_shape, pixels=self.task == "multiclass-classification", value_range=self.value_range
+            self.row_shape,
+            pixels=self.kind is modelrepo.ModelKind.IMAGE,
+            value_range=self.value_range,
+            padded_side=self.padded_side,
         )
 
     @property
-    def fields(self) -> list[str]:
-        """Output record fields, in order."""
-        extra = {"regression": ["y"], "binary-classification": ["label", "probability"]}
-        return ["row", *extra.get(self.task, ["label", "probabilities"]), "error"]
+    def layout(self) -> formats.Layout:
+        """Output record fields, in order, and the length of a classifier's probabilities."""
+        if self.kind is modelrepo.ModelKind.REGRESSION:
+            fields: tuple[str, ...] = ("y",)
+        elif self.kind is modelrepo.ModelKind.BINARY:
+            fields = ("label", "probability")
+        else:
+            fields = ("label", "probabilities")
+        return formats.Layout(("row", *fields, "error"), self.classes)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """As the service computes it (float32), so local, V2 and JSON results are equal to the bit."""
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
-    return probabilities
-
-
-def records_from_output(kind: ModelKind, out: np.ndarray) -> list[dict[str, Any]]:
-    if kind.task == "regression":
-        return [{"y": y} for y in out.reshape(-1).tolist()]
-    if kind.task == "binary-classification":
-        p = out.reshape(-1)
+    def records(self, out: np.ndarray) -> list[dict[str, Any]]:
+        """One record per row of the model's output."""
+        if self.kind is modelrepo.ModelKind.REGRESSION:
+            return [{"y": y} for y in out.reshape(-1).tolist()]
+        if self.kind is modelrepo.ModelKind.BINARY:
+            p = out.reshape(-1)
+            return [
+                {"label": label, "probability": q}
+                for label, q in zip((p > 0.5).astype(int).tolist(), p.tolist(), strict=True)
+            ]
+        probabilities = modelrepo.softmax(out) if self.logits else out
         return [
-            {"label": label, "probability": q}
-            for label, q in zip((p > 0.5).astype(int).tolist(), p.tolist(), strict=True)
+            {"label": label, "probabilities": row}
+            for label, row in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist(), strict=True)
         ]
-    probabilities = softmax(out)
-    return [
-        {"label": label, "probabilities": row}
-        for label, row in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist(), strict=True)
-    ]
+
+    def json_request(self, x: np.ndarray) -> bytes:
+        """The typed route's body for the rows of `x` (the model's input array)."""
+        if self.kind is modelrepo.ModelKind.IMAGE:
+            return json.dumps({"images": x[:, 0].tolist()}).encode()
+        return json.dumps({"x": (x[:, 0] if x.shape[1:] == (1,) else x).tolist()}).encode()
+
+    def json_records(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """One record per row of the typed route's answer."""
+        if self.kind is modelrepo.ModelKind.REGRESSION:
+            return [{"y": y} for y in answer["y"]]
+        field = "probability" if self.kind is modelrepo.ModelKind.BINARY else "probabilities"
+        return [{"label": a, field: p} for a, p in zip(answer["labels"], answer["probabilities"], strict=True)]
 
 
 class Backend(Protocol):
-    kind: ModelKind
+    model: Model
 
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]: ...
 
@@ -115,11 +144,11 @@ class LocalBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
         self.session = ort.InferenceSession(str(entry.model_path), options, providers=["CPUExecutionProvider"])
-        self.kind = ModelKind.from_card(entry.card)
+        self.model = Model.from_card(entry.card)
 
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
-        (out,) = self.session.run([self.kind.output], {"x": x})
-        return records_from_output(self.kind, out)
+        (out,) = self.session.run([self.model.output], {self.model.input: x})
+        return self.model.records(out)
 
     def close(self) -> None:
         pass
@@ -159,10 +188,12 @@ class RemoteBackend:
         retries: int,
         backoff: float = 0.5,
         token: str | None = None,
+        http: httpx.Client | None = None,
         grpc_port: int = 8001,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+        self.owned = http is None  # a client handed in (e.g. one bound to an app in process) stays its owner's
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
         self.protocol = protocol
         retrying = retry(
             retry=retry_if_exception(_retryable), stop=stop_after_attempt(retries + 1), wait=_wait, reraise=True
@@ -178,7 +209,7 @@ class RemoteBackend:
             card = self.send("GET", f"/v1/models/{model}", None, {}).json()["card"]
         except ClientFault as e:
             raise ValueError(str(e)) from None
-        self.kind = ModelKind.from_card(modelrepo.ModelCard.from_dict(card))
+        self.model = Model.from_card(modelrepo.ModelCard.from_dict(card))
 
     def _send_once(self, method: str, path: str, content: bytes | None, headers: dict[str, str]) -> httpx.Response:
         response = self.http.request(method, path, content=content, headers=headers)
@@ -204,38 +235,20 @@ class RemoteBackend:
             raise ServerUnavailable(f"{self.http.base_url}{path}: {_describe(e)}") from e
 
     def predict(self, x: np.ndarray) -> list[dict[str, Any]]:
+        model = self.model
         if self.protocol == "json":
-            return self._predict_json(x)
+            body, headers = model.json_request(x), {"Content-Type": "application/json"}
+            return model.json_records(self.send("POST", f"/v1/{model.name}/predict", body, headers).json())
         if self.rpc is not None:
-            return records_from_output(self.kind, self._predict_grpc(x))
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "x",
-                        "shape": list(x.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes},
-                    }
-                ],
-                "outputs": [{"name": self.kind.output, "parameters": {"binary_data": True}}],
-            }
-        ).encode()
-        response = self.send(
-            "POST",
-            f"/v2/models/{self.kind.name}/infer",
-            header + x.tobytes(),
-            {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
-        )
-        length = int(response.headers["inference-header-content-length"])
-        (described,) = json.loads(response.content[:length])["outputs"]
-        out = np.frombuffer(response.content[length:], dtype="<f4").reshape(described["shape"])
-        return records_from_output(self.kind, out)
+            return model.records(self._predict_grpc(x))
+        body, headers = v2.binary_request(x, [model.output], input_name=model.input)
+        response = self.send("POST", f"/v2/models/{model.name}/infer", body, headers)
+        return model.records(v2.read_answer(response.content, response.headers)[model.output])
 
     def _predict_grpc(self, x: np.ndarray) -> np.ndarray:
         assert self.rpc is not None
         try:
-            out: np.ndarray = self._infer_rpc(self.kind.name, self.kind.output, x)
+            out: np.ndarray = self._infer_rpc(self.model.name, self.model.output, x, input_name=self.model.input)
             return out
         except RpcFailed as e:
             if e.code in AUTH_CODES:
@@ -247,23 +260,9 @@ class RemoteBackend:
                 raise ServerUnavailable(f"gRPC {self.rpc.address}: {e} after every retry") from e
             raise ClientFault(f"the server refused it ({e.code}): {e.details}") from None
 
-    def _predict_json(self, x: np.ndarray) -> list[dict[str, Any]]:
-        field = "images" if self.kind.task == "multiclass-classification" else "x"
-        rows = x[:, 0].tolist() if field == "images" else (x[:, 0] if x.shape[1] == 1 else x).tolist()
-        body = json.dumps({field: rows}).encode()
-        answer = self.send("POST", f"/v1/{self.kind.name}/predict", body, {"Content-Type": "application/json"}).json()
-        if self.kind.task == "regression":
-            return [{"y": y} for y in answer["y"]]
-        if self.kind.task == "binary-classification":
-            return [
-                {"label": a, "probability": p} for a, p in zip(answer["labels"], answer["probabilities"], strict=True)
-            ]
-        return [
-            {"label": a, "probabilities": p} for a, p in zip(answer["labels"], answer["probabilities"], strict=True)
-        ]
-
     def close(self) -> None:
-        self.http.close()
+        if self.owned:
+            self.http.close()
         if self.rpc is not None:
             self.rpc.close()
 

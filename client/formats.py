@@ -55,12 +55,30 @@ class RowShape:
     """What one row must look like: the model's input without the batch axis."""
 
     shape: tuple[int, ...]  # e.g. (1,), (3,), (1, 32, 32)
-    pixels: bool  # an image (28x28 rows are padded to 32x32)
+    pixels: bool  # a picture
     value_range: tuple[float, float] = (-MAX_MAGNITUDE, MAX_MAGNITUDE)  # the card's rule, as the server checks it
+    padded_side: int = 0  # pictures of this side are zero-padded to the model's, as the server pads them
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    def padded(self, values: np.ndarray) -> np.ndarray | None:
+        """Rows of smaller pictures (`padded_side` square, with or without a channel axis) zero-padded to the
+        model's side; None when they are not of that size."""
+        small = self.padded_side
+        if not small or values.shape[1:] not in ((small, small), (1, small, small)):
+            return None
+        pad = (self.shape[-1] - small) // 2
+        return np.pad(values.reshape(-1, small, small), ((0, 0), (pad, pad), (pad, pad)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An output record's fields, in order, and how many probabilities a classifier's record holds."""
+
+    fields: tuple[str, ...]
+    classes: int = 0
 
 
 def _suffix(path: PurePath, allowed: tuple[str, ...], what: str) -> str:
@@ -76,15 +94,16 @@ def check_row(values: Any, shape: RowShape) -> np.ndarray:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"not numbers ({e})") from None
-    if shape.pixels and array.shape in ((28, 28), (1, 28, 28)):
-        array = np.pad(array.reshape(28, 28), 2)  # MNIST-sized: zero border, as LeNet-5 was trained
+    padded = shape.padded(array[None])
+    if padded is not None:
+        array = padded[0]
     if array.size != shape.size:
         raise ValueError(f"expected {shape.size} values {list(shape.shape)}, got {array.size}")
     if not np.isfinite(array).all():
         raise ValueError("NaN or Infinity; expected finite numbers")
     low, high = shape.value_range
     if array.min() < low or array.max() > high:
-        what = "pixels must be in [0, 1] (ink high)" if shape.pixels else f"values must be in [{low:g}, {high:g}]"
+        what = f"{'pixels' if shape.pixels else 'values'} must be in [{low:g}, {high:g}]"
         raise ValueError(f"{what}, got values in [{array.min():g}, {array.max():g}]")
     return array.astype(np.float32).reshape(shape.shape)
 
@@ -240,17 +259,16 @@ def _npy_chunks(
     """Chunks of rows [a, b) taken with `block(a, b)`, in order, from an array of `array_shape`."""
     if len(array_shape) == 1 and shape.size == 1:
         array_shape = (array_shape[0], 1)
-    mnist = shape.pixels and array_shape[1:] in ((28, 28), (1, 28, 28))
-    if len(array_shape) < 2 or (math.prod(array_shape[1:]) != shape.size and not mnist):
+    small = shape.padded(np.empty((0, *array_shape[1:]))) is not None
+    if len(array_shape) < 2 or (math.prod(array_shape[1:]) != shape.size and not small):
         raise FormatError(f"{name}: expected rows of {list(shape.shape)} values, the array is {list(array_shape)}")
     rows = array_shape[0]
     for a in range(0, rows, size):
         b = min(a + size, rows)
         values = block(a, b)
-        if mnist:  # 28x28: zero border to 32x32, as LeNet-5 was trained
-            values = np.pad(values.reshape(-1, 28, 28), ((0, 0), (2, 2), (2, 2)))
+        padded = shape.padded(values) if small else None  # a zero border to the model's side, as the server pads
         chunk = Chunk(start=start + a, count=b - a)
-        yield _validate_block(chunk, list(range(start + a, start + b)), values, shape)
+        yield _validate_block(chunk, list(range(start + a, start + b)), values if padded is None else padded, shape)
 
 
 def _csv_rows(f: IO[str], name: str, shape: RowShape, columns: list[str] | None) -> Iterator[tuple[int, Any]]:
@@ -342,7 +360,7 @@ def record_line(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
-def write_output(path: Path, fields: list[str], records: Iterable[dict[str, Any]], total: int) -> None:
+def write_output(path: Path, layout: Layout, records: Iterable[dict[str, Any]], total: int) -> None:
     """Write every record, in order, to `path` (which the caller renames into place)."""
     suffix = _suffix(path.with_name(path.name.removesuffix(".tmp")), OUTPUTS, "output")
     if suffix == ".jsonl":
@@ -351,51 +369,56 @@ def write_output(path: Path, fields: list[str], records: Iterable[dict[str, Any]
                 f.write(record_line(record))
     elif suffix == ".csv":
         with path.open("w", newline="") as f:
-            _write_csv(f, fields, records)
+            _write_csv(f, layout, records)
     elif suffix == ".npy":
-        _write_npy(path, fields, records, total)
+        _write_npy(path, layout, records, total)
     else:
-        _write_parquet(path, fields, records)
+        _write_parquet(path, layout, records)
 
 
-def _flat(record: dict[str, Any], fields: list[str]) -> list[Any]:
+def _flat(record: dict[str, Any], layout: Layout) -> list[Any]:
     row: list[Any] = []
-    for name in fields:
+    for name in layout.fields:
         value = record.get(name)
         if name == "probabilities":
-            row.extend(value if value is not None else [None] * 10)
+            row.extend(value if value is not None else [None] * layout.classes)
         else:
             row.append(value)
     return row
 
 
-def _columns(fields: list[str]) -> list[str]:
-    return [c for name in fields for c in ([f"p{d}" for d in range(10)] if name == "probabilities" else [name])]
+def _columns(layout: Layout) -> list[str]:
+    """A classifier's probabilities take a column each, p0, p1, ..., in the card's label order."""
+    return [
+        column
+        for name in layout.fields
+        for column in ([f"p{i}" for i in range(layout.classes)] if name == "probabilities" else [name])
+    ]
 
 
-def _write_csv(f: IO[str], fields: list[str], records: Iterable[dict[str, Any]]) -> None:
+def _write_csv(f: IO[str], layout: Layout, records: Iterable[dict[str, Any]]) -> None:
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(_columns(fields))
+    writer.writerow(_columns(layout))
     for record in records:
-        writer.writerow(["" if v is None else v for v in _flat(record, fields)])
+        writer.writerow(["" if v is None else v for v in _flat(record, layout)])
 
 
-def _dtype(fields: list[str]) -> np.dtype[Any]:
+def _dtype(layout: Layout) -> np.dtype[Any]:
     types = {"row": "<i8", "y": "<f4", "label": "<i8", "probability": "<f4", "error": "<U200"}
-    return np.dtype([(n, ("<f4", (10,)) if n == "probabilities" else types[n]) for n in fields])
+    return np.dtype([(n, ("<f4", (layout.classes,)) if n == "probabilities" else types[n]) for n in layout.fields])
 
 
-def _write_npy(path: Path, fields: list[str], records: Iterable[dict[str, Any]], total: int) -> None:
+def _write_npy(path: Path, layout: Layout, records: Iterable[dict[str, Any]], total: int) -> None:
     """A structured array, written block by block (the header needs only the row count)."""
-    dtype = _dtype(fields)
-    missing = {"y": np.nan, "label": -1, "probability": np.nan, "probabilities": [np.nan] * 10, "error": ""}
+    dtype = _dtype(layout)
+    missing = {"y": np.nan, "label": -1, "probability": np.nan, "probabilities": [np.nan] * layout.classes, "error": ""}
     with path.open("wb") as f:
         np.lib.format.write_array_header_1_0(
             f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)}
         )
         block: list[tuple[Any, ...]] = []
         for record in records:
-            block.append(tuple(record.get(n) if record.get(n) is not None else missing[n] for n in fields))
+            block.append(tuple(record.get(n) if record.get(n) is not None else missing[n] for n in layout.fields))
             if len(block) == 4096:
                 f.write(np.array(block, dtype=dtype).tobytes())
                 block = []
@@ -403,7 +426,7 @@ def _write_npy(path: Path, fields: list[str], records: Iterable[dict[str, Any]],
             f.write(np.array(block, dtype=dtype).tobytes())
 
 
-def _write_parquet(path: Path, fields: list[str], records: Iterable[dict[str, Any]]) -> None:
+def _write_parquet(path: Path, layout: Layout, records: Iterable[dict[str, Any]]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -417,7 +440,7 @@ def _write_parquet(path: Path, fields: list[str], records: Iterable[dict[str, An
         "probabilities": pa.list_(pa.float32()),
         "error": pa.string(),
     }
-    schema = pa.schema([(n, types[n]) for n in fields])
+    schema = pa.schema([(n, types[n]) for n in layout.fields])
     with pq.ParquetWriter(path, schema) as writer:
         block: list[dict[str, Any]] = []
         for record in records:

@@ -38,9 +38,9 @@ class GrpcTransport:
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def infer(self, model: str, output: str, x: np.ndarray) -> np.ndarray:
+    def infer(self, model: str, output: str, x: np.ndarray, *, input_name: str = "x") -> np.ndarray:
         request = self.pb.ModelInferRequest(model_name=model)
-        request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+        request.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
         request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
         request.outputs.add(name=output)
         try:

@@ -62,8 +62,8 @@ class RayEngine:
     def score(self, source: str, output: Path) -> Summary:
         """Score `source` (a file, directory, glob or URI) into the local file `output`."""
         scorer = self.scorer
-        kind = scorer.backend().kind  # the model's card, from the repository or the first server
-        shape = kind.rows
+        model = scorer.backend().model  # the model's card, from the repository or the first server
+        shape = model.rows
         formats._suffix(output, formats.OUTPUTS, "output")  # refuse a bad extension before any work
         paths = input_paths(source)
         with _native_stderr_aside() as ray_log:
@@ -71,11 +71,11 @@ class RayEngine:
             try:
                 from client import ray_tasks
 
-                chunks = _new_source(ray_tasks, paths, shape, scorer._chunk_rows(kind), scorer.columns, source)
+                chunks = _new_source(ray_tasks, paths, shape, scorer._chunk_rows(model), scorer.columns, source)
                 total = chunks.number_rows()
                 dataset = self._scored(ray_tasks, chunks)
                 started = time.perf_counter()
-                summary = _write(dataset, output, kind.fields, total, scorer.quiet)
+                summary = _write(dataset, output, model.layout, total, scorer.quiet)
                 summary.seconds = time.perf_counter() - started
                 return summary
             except Exception as e:
@@ -109,7 +109,7 @@ class RayEngine:
         actors = max(1, min(actors, chunks.chunks))  # an actor with no chunk to score only costs its start
         # Reads ask for no CPU of their own: with every CPU held by an actor they could not be scheduled
         # (a deadlock); they are bounded by `concurrency` instead.
-        dataset = ray.data.read_datasource(chunks, num_cpus=0, concurrency=max(1, min(cpus, len(chunks.starts))))
+        dataset = ray.data.read_datasource(chunks, num_cpus=0, concurrency=max(1, min(cpus, len(chunks.files))))
         with warnings.catch_warnings():  # Ray 2.60 deprecates passing these with no replacement yet
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             return dataset.map(
@@ -213,12 +213,12 @@ def _new_source(
 ) -> Any:
     try:
         return ray_tasks.ChunkSource(paths, shape, chunk_rows, columns)
-    except ValueError as e:  # Ray found no file with an input extension
+    except ray_tasks.NoInputFiles:
         suffixes = ", ".join(formats.INPUTS)
-        raise formats.FormatError(f"{source}: no input files ({suffixes}) found ({e})") from None
+        raise formats.FormatError(f"{source}: no input files ({suffixes}) found") from None
 
 
-def _write(dataset: Any, output: Path, fields: list[str], total: int, quiet: bool) -> Summary:
+def _write(dataset: Any, output: Path, layout: formats.Layout, total: int, quiet: bool) -> Summary:
     """Every chunk's lines, in row order, into `output` via a temporary file and an atomic rename."""
     summary = Summary()
     progress: _Progress | None = None  # from the first chunk on: its rate is the pool's, not its start-up's
@@ -246,7 +246,7 @@ def _write(dataset: Any, output: Path, fields: list[str], total: int, quiet: boo
                     f.write(block)
         else:
             records = (json.loads(line) for block in lines() for line in block.splitlines())
-            formats.write_output(tmp, fields, records, total)
+            formats.write_output(tmp, layout, records, total)
         os.replace(tmp, output)
     finally:
         if progress is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from tqdm import tqdm
 
@@ -31,16 +32,13 @@ from client.backends import (
     Backend,
     ClientFault,
     LocalBackend,
-    ModelKind,
+    Model,
     RemoteBackend,
     ServerUnavailable,
     default_models_dir,
 )
 
 logger = logging.getLogger("tinyserve.client")
-
-JSON_LIMITS = {"multiclass-classification": 256}  # rows per request on the typed JSON routes
-JSON_DEFAULT_LIMIT = 4096
 
 
 class ResumeError(RuntimeError):
@@ -85,6 +83,7 @@ class Scorer:
     token: str | None = None
     columns: list[str] | None = None
     quiet: bool = False
+    http: httpx.Client | None = None  # the HTTP client to send with (default: one of its own, for `url`)
     _backend: Backend | None = field(default=None, init=False, repr=False)
 
     def backend(self) -> Backend:
@@ -100,6 +99,7 @@ class Scorer:
                     retries=self.retries,
                     backoff=self.backoff,
                     token=self.token,
+                    http=self.http,
                     grpc_port=self.grpc_port,
                 )
             else:
@@ -111,15 +111,15 @@ class Scorer:
             self._backend.close()
             self._backend = None
 
-    def _chunk_rows(self, kind: ModelKind) -> int:
-        if self.protocol == "json" and not self.local:
-            return min(self.chunk_size, JSON_LIMITS.get(kind.task, JSON_DEFAULT_LIMIT))
+    def _chunk_rows(self, model: Model) -> int:
+        if self.protocol == "json" and not self.local:  # the typed route's limit on rows per request
+            return min(self.chunk_size, model.kind.max_rows)
         return self.chunk_size
 
     def score_file(self, source: Path, output: Path, *, resume: bool = False) -> Summary:
-        kind = self.backend().kind
-        chunk_rows = self._chunk_rows(kind)
-        shape = kind.rows
+        model = self.backend().model
+        chunk_rows = self._chunk_rows(model)
+        shape = model.rows
         formats.check_formats(source, output)  # a bad extension or a missing pyarrow: before any work
         parts = output.with_name(output.name + ".parts")
         done = _prepare_parts(parts, _fingerprint(source, self.model, chunk_rows, output), resume)
@@ -144,7 +144,7 @@ class Scorer:
         finally:
             progress.close()
             summary.seconds = time.perf_counter() - started
-        _assemble(parts, output, kind.fields, summary.rows_ok + summary.rows_failed)
+        _assemble(parts, output, model.layout, summary.rows_ok + summary.rows_failed)
         return summary
 
     def _scored(
@@ -254,7 +254,7 @@ def _read_part(parts: Path, chunk: formats.Chunk) -> list[dict[str, Any]] | None
     return records if rows == list(range(chunk.start, chunk.start + chunk.count)) else None
 
 
-def _assemble(parts: Path, output: Path, fields: list[str], total: int) -> None:
+def _assemble(parts: Path, output: Path, layout: formats.Layout, total: int) -> None:
     """All parts, in row order, into `output` via a temporary file and an atomic rename."""
 
     def records() -> Iterator[dict[str, Any]]:
@@ -270,7 +270,7 @@ def _assemble(parts: Path, output: Path, fields: list[str], total: int) -> None:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, out)
     else:
-        formats.write_output(tmp, fields, records(), total)
+        formats.write_output(tmp, layout, records(), total)
     os.replace(tmp, output)
     shutil.rmtree(parts)
 

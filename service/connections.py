@@ -14,6 +14,10 @@ uvicorn's httptools protocol class, in each worker before its first connection (
   TINYSERVE_HEADER_TIMEOUT, else 408 and close;
 - more than TINYSERVE_MAX_HEADER_BYTES before the end of the headers: 431 and close (counted as the
   bytes arrive, before httptools joins them: its joining is quadratic in a header's length);
+- a client that stops reading its answer for TINYSERVE_BODY_TIMEOUT is dropped: it would hold its request
+  (and a concurrency slot) for as long as it liked, its answer buffered in memory;
+- what httptools cannot parse gets the error envelope and the security headers, as every other answer
+  (uvicorn's own 400 is plain text);
 - the soft file limit is raised to the hard one, and a worker that nears it logs so and closes its idle
   connections, so that probes and real clients still get in (a burst faster than the worker accepts
   can still fill it: libuv then accepts and drops the excess; only the higher limit helps there).
@@ -34,6 +38,7 @@ from typing import Any
 logger = logging.getLogger("bentoml.tinyserve")
 
 UVICORN = "0.54"  # the version whose HttpToolsProtocol these hooks were written against
+LINGER = 2.0  # seconds a refused connection is still read (and dropped) after its answer
 HEADROOM = 0.1  # of the files left for connections: within it, idle connections are closed and it is logged
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -47,6 +52,7 @@ class Limits:
     header_timeout: float
     idle_timeout: float
     max_header_bytes: int
+    write_timeout: float = 10.0  # the most a client may stall reading an answer (TINYSERVE_BODY_TIMEOUT)
 
 
 @dataclass
@@ -58,10 +64,11 @@ class _Connection:
     header_bytes: int = 0  # of its request line and headers, as httptools parses them
     refused: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    write_timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # while the client reads nothing
 
 
 LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, max_header_bytes=32 * 1024)
-_last_warning = 0.0
+_last_warning = _last_sweep = 0.0
 _files_at_start = 0  # files the worker holds besides its connections (libraries, sockets, logs)
 
 
@@ -86,7 +93,7 @@ def install(limits: Limits) -> str:
         _hook(protocol)
     return (
         f"connections: idle {limits.idle_timeout:g} s, headers within {limits.header_timeout:g} s and "
-        f"{limits.max_header_bytes} bytes; {file_limit}"
+        f"{limits.max_header_bytes} bytes, reading stalled at most {limits.write_timeout:g} s; {file_limit}"
     )
 
 
@@ -106,8 +113,8 @@ def _hook(protocol: Any) -> None:
     connection_made, connection_lost = protocol.connection_made, protocol.connection_lost
     data_received, on_headers_complete = protocol.data_received, protocol.on_headers_complete
     on_message_complete, on_response_complete = protocol.on_message_complete, protocol.on_response_complete
-    send_400_response = protocol.send_400_response
     on_url, on_header = protocol.on_url, protocol.on_header
+    pause_writing, resume_writing = protocol.pause_writing, protocol.resume_writing
 
     def made(self: Any, transport: Any) -> None:
         connection_made(self, transport)
@@ -117,7 +124,17 @@ def _hook(protocol: Any) -> None:
 
     def lost(self: Any, exc: Exception | None) -> None:
         _disarm(self)
+        _resumed(self)
         connection_lost(self, exc)
+
+    def paused(self: Any) -> None:
+        """The client stopped reading (its window and our buffer are full): it has write_timeout to go on."""
+        pause_writing(self)
+        self.tinyserve.write_timer = self.loop.call_later(LIMITS.write_timeout, self.transport.abort)
+
+    def resumed(self: Any) -> None:
+        _resumed(self)
+        resume_writing(self)
 
     def received(self: Any, data: bytes) -> None:
         state: _Connection = self.tinyserve
@@ -146,7 +163,8 @@ def _hook(protocol: Any) -> None:
 
     def message_complete(self: Any) -> None:
         on_message_complete(self)
-        self.tinyserve = _Connection(timer=self.tinyserve.timer)  # what comes next is a new request
+        old = self.tinyserve  # what comes next is a new request; the timers run on
+        self.tinyserve = _Connection(timer=old.timer, write_timer=old.write_timer)
 
     def response_complete(self: Any) -> None:
         on_response_complete(self)
@@ -155,13 +173,14 @@ def _hook(protocol: Any) -> None:
 
     def bad_request(self: Any, msg: str) -> None:
         if not self.tinyserve.refused:  # a refusal of ours already answered and closed
-            send_400_response(self, msg)
+            _refuse(self, 400, "invalid HTTP/1.1 request: its request line, headers or framing break the protocol")
 
     protocol.connection_made, protocol.connection_lost = made, lost
     protocol.data_received, protocol.on_headers_complete = received, headers_complete
     protocol.on_message_complete, protocol.on_response_complete = message_complete, response_complete
     protocol.send_400_response = bad_request
     protocol.on_url, protocol.on_header = url, header
+    protocol.pause_writing, protocol.resume_writing = paused, resumed
     protocol.tinyserve = True
 
 
@@ -176,6 +195,13 @@ def _count_header(protocol: Any, size: int) -> None:
     if state.header_bytes > LIMITS.max_header_bytes:
         _refuse(protocol, 431, _too_large())
         raise _Refused
+
+
+def _resumed(protocol: Any) -> None:
+    state: _Connection | None = getattr(protocol, "tinyserve", None)
+    if state is not None and state.write_timer is not None:
+        state.write_timer.cancel()
+        state.write_timer = None
 
 
 def _too_large() -> str:
@@ -214,22 +240,29 @@ def _refuse(protocol: Any, status: int, message: str) -> None:
     state.refused = True
     _disarm(protocol)
     body = json.dumps({"error": message, "detail": []}).encode()
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
     head = [b"HTTP/1.1 %d %s" % (status, reason), b"content-type: application/json"]
     head += [b"content-length: %d" % len(body), b"connection: close"]
     head += [name + b": " + value for name, value in SECURITY_HEADERS]
     protocol.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-    protocol.transport.close()
+    if not protocol.transport.can_write_eof():
+        protocol.transport.close()
+        return
+    # The answer, then our end closed (FIN), while what the client still sends is read and dropped for a
+    # moment: closed at once with its bytes unread, the kernel would reset it, and the answer be lost.
+    protocol.transport.write_eof()
+    state.timer = protocol.loop.call_later(LINGER, protocol.transport.close)
 
 
 def _check_file_limit(protocol: Any) -> None:
     """Near the file limit: say so (at most every 10 s), and close the connections that only wait."""
-    global _last_warning
+    global _last_warning, _last_sweep
     open_now = len(protocol.connections)
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     room = soft - _files_at_start
-    if open_now < room - max(16, HEADROOM * room):
-        return
+    if open_now < room - max(16, HEADROOM * room) or time.monotonic() - _last_sweep < 1:
+        return  # at most one sweep a second: each walks every connection
+    _last_sweep = time.monotonic()
     idle = [
         other
         for other in list(protocol.connections)

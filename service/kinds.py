@@ -18,17 +18,9 @@ import orjson
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
-from modelrepo import ModelCard, ModelKind
+from modelrepo import MAX_IMAGES, MAX_ROWS, ModelCard, ModelKind, softmax
 from service.errors import InvalidInput
-from service.schemas import MAX_IMAGES, MAX_ROWS, Reply, Request
-
-MNIST_PAD = 2  # a 28x28 (MNIST-sized) image is zero-padded by 2 on each side to 32x32
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
-    return probabilities
+from service.schemas import Reply, Request
 
 
 @dataclass(frozen=True)
@@ -154,7 +146,7 @@ def contract(card: ModelCard) -> Contract:
     labels = ", ".join(card.labels or ())
     if kind is ModelKind.IMAGE:
         side = row_shape[-1]
-        sizes = (side, side - 2 * MNIST_PAD) if "mnist_28x28" in card.preprocessing else (side,)
+        sizes = (side, card.padded_side) if card.padded_side else (side,)
         image = Annotated[
             list[Annotated[list[number], Field(min_length=min(sizes), max_length=max(sizes))]],
             Field(min_length=min(sizes), max_length=max(sizes)),
@@ -197,8 +189,8 @@ def contract(card: ModelCard) -> Contract:
         row_shape=row_shape,
         value_range=(low, high),
         sizes=sizes if kind is ModelKind.IMAGE else (),
-        max_rows=MAX_IMAGES if kind is ModelKind.IMAGE else MAX_ROWS,
-        logits=card.outputs[0].name == "logits",
+        max_rows=kind.max_rows,
+        logits=card.logits,
     )
 
 

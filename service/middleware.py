@@ -121,7 +121,9 @@ class GuardMiddleware:
         metrics_token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
         self.metrics_token = metrics_token or self.token
         self.quick_ack = QuickAck(enabled=settings.quick_ack if quick_ack is None else quick_ack)
-        limits = connections.Limits(settings.header_timeout, settings.idle_timeout, settings.max_header_bytes)
+        limits = connections.Limits(
+            settings.header_timeout, settings.idle_timeout, settings.max_header_bytes, settings.body_timeout
+        )
         logger.info(auth_summary(settings))
         logger.info(connections.install(limits))  # built on the lifespan call: before any connection
 
@@ -171,10 +173,9 @@ class GuardMiddleware:
         if refusal is not None:
             await _respond(send, *refusal)
             return
-        held = [length or 0]  # body bytes this request holds against the worker's budget
-        self.body_bytes += held[0]
+        held = [0]  # body bytes this request holds against the worker's budget: as they arrive, not as declared
         try:
-            body = await self._read_body(self.quick_ack(receive), send, held, chunked=length is None)
+            body = await self._read_body(self.quick_ack(receive), send, held)
             if body is None:
                 return
             if (refusal := self._overloaded(0)) is not None:
@@ -235,8 +236,12 @@ class GuardMiddleware:
     def _too_large(self, got: str) -> str:
         return f"request body too large: {got} bytes, the limit is {self.max_body_bytes} (TINYSERVE_MAX_BODY_BYTES)"
 
-    async def _read_body(self, receive: Receive, send: Send, held: list[int], *, chunked: bool) -> bytes | None:
-        """The whole body, or None once refused (413, 429, 408) or the client left."""
+    async def _read_body(self, receive: Receive, send: Send, held: list[int]) -> bytes | None:
+        """The whole body, or None once refused (413, 429, 408) or the client left.
+
+        Its bytes count against the budget as they arrive: a Content-Length reserved up front would let a
+        few clients that declare 16 MB and send nothing fill the budget, and every other request get 429.
+        """
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.body_timeout):
@@ -249,13 +254,12 @@ class GuardMiddleware:
                     if size > self.max_body_bytes:
                         await _respond(send, 413, envelope(self._too_large(f"more than {self.max_body_bytes}")), [])
                         return None
-                    if chunked:  # no length was reserved: reserve as it comes
-                        if self.body_bytes + len(chunk) > self.max_body_bytes_in_flight:
-                            metrics.REFUSED.labels(status="429").inc()
-                            await _respond(send, 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")])
-                            return None
-                        held[0] += len(chunk)
-                        self.body_bytes += len(chunk)
+                    if self.body_bytes + len(chunk) > self.max_body_bytes_in_flight:
+                        metrics.REFUSED.labels(status="429").inc()
+                        await _respond(send, 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")])
+                        return None
+                    held[0] += len(chunk)
+                    self.body_bytes += len(chunk)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         return b"".join(chunks)

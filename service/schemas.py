@@ -20,9 +20,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-MAX_ROWS = 4096  # rows per request on the tabular routes
-MAX_IMAGES = 256  # images per request on an image classifier's route (a 32x32 image is ~8 KB of JSON)
-
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     text = ""

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="seconds a connection may wait, before its first request or between two, then closes"
     )
     body_timeout: float = Field(
-        10.0, gt=0, description="seconds for a model request's whole body to arrive after its headers; then 408"
+        10.0,
+        gt=0,
+        description="seconds for a model request's whole body to arrive (then 408); the most a client may "
+        "stall reading an answer (then dropped)",
     )
     request_timeout: float = Field(
         25.0, gt=0, description="seconds until a model request's answer starts; then 504 (below BentoML's 30 s)"

@@ -8,14 +8,11 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import psutil
 import pyarrow as pa
@@ -24,6 +21,7 @@ import pytest
 
 from client import Scorer
 from tests.helpers import REPO, held_out_digits, upscale_32
+from tests.proxy import FlakyProxy, flaky_proxy
 from tests.server import Server, kill, launch, running, stop, wait_ready
 
 SCORE = [sys.executable, "-m", "client"]
@@ -156,76 +154,17 @@ def test_bad_rows_become_error_records_in_place_and_the_exit_code_says_so(server
     assert "rows ok: 2, rows failed: 6" in result.stderr
 
 
-class _FlakyProxy(BaseHTTPRequestHandler):
-    """Fails the first `failures` inference requests with `status`, then forwards to the real server."""
-
-    upstream = ""
-    failures = 0
-    status = 503
-    poison: bytes | None = None  # a request whose body holds these bytes is refused with 400
-    hold_after: int | None = None  # inference requests past this many wait until `released` is set
-    released = threading.Event()
-    forwarded = 0
-    seen: list[int] = []  # noqa: RUF012  (class-level state of a test double)
-
-    def do_GET(self) -> None:
-        self._forward()
-
-    def do_POST(self) -> None:
-        length = int(self.headers["content-length"])
-        content = self.rfile.read(length)
-        poisoned = _FlakyProxy.poison is not None and _FlakyProxy.poison in content
-        if "/infer" in self.path and (_FlakyProxy.failures > 0 or poisoned):
-            _FlakyProxy.failures -= 0 if poisoned else 1
-            body = json.dumps({"error": "busy", "detail": []}).encode()
-            status = 400 if poisoned else _FlakyProxy.status
-            self.send_response(status)
-            self.send_header("content-length", str(len(body)))
-            self.send_header("retry-after", "0")
-            self.end_headers()
-            self.wfile.write(body)
-            _FlakyProxy.seen.append(status)
-            return
-        if "/infer" in self.path and _FlakyProxy.hold_after is not None:
-            _FlakyProxy.forwarded += 1
-            if _FlakyProxy.forwarded > _FlakyProxy.hold_after:
-                _FlakyProxy.released.wait(timeout=120)
-        self._forward(content)
-
-    def _forward(self, body: bytes | None = None) -> None:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-        r = httpx.request(self.command, self.upstream + self.path, content=body, headers=headers, timeout=30)
-        self.send_response(r.status_code)
-        for key in ("content-type", "inference-header-content-length"):
-            if key in r.headers:
-                self.send_header(key, r.headers[key])
-        self.send_header("content-length", str(len(r.content)))
-        self.end_headers()
-        self.wfile.write(r.content)
-        if self.command == "POST":
-            _FlakyProxy.seen.append(r.status_code)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def flaky(server: Server) -> Iterator[str]:
-    _FlakyProxy.upstream, _FlakyProxy.seen, _FlakyProxy.poison = server.url, [], None
-    _FlakyProxy.hold_after, _FlakyProxy.forwarded = None, 0
-    _FlakyProxy.released.clear()
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{proxy.server_address[1]}"
-    proxy.shutdown()
+    with flaky_proxy(server.url) as url:
+        yield url
 
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_overloaded_answers_are_retried_with_backoff(
     flaky: str, digits: tuple[Path, np.ndarray, np.ndarray], local_digits: Path, tmp_path: Path, status: int
 ) -> None:
-    _FlakyProxy.failures, _FlakyProxy.status = 3, status
+    FlakyProxy.failures, FlakyProxy.status = 3, status
     out = tmp_path / "out.jsonl"
     score(
         "lenet",
@@ -240,18 +179,18 @@ def test_overloaded_answers_are_retried_with_backoff(
         "--backoff",
         "0.05",
     )
-    assert _FlakyProxy.seen == [status] * 3 + [200] * 3
+    assert FlakyProxy.seen == [status] * 3 + [200] * 3
     assert out.read_bytes() == local_digits.read_bytes()
 
 
 def test_a_refused_row_is_found_and_refused_in_its_own_place_without_retries(flaky: str, tmp_path: Path) -> None:
     """The server refuses any request holding row 1 (x = 2.0): the chunk is split until that row is alone."""
-    _FlakyProxy.poison = struct.pack("<f", 2.0)
+    FlakyProxy.poison = struct.pack("<f", 2.0)
     source = tmp_path / "x.csv"
     source.write_text("x\n1\n2\n3\n")
     out = tmp_path / "out.jsonl"
     score("linear", str(source), str(out), "--url", flaky, "--chunk-size", "2", "--concurrency", "1", check=1)
-    assert _FlakyProxy.seen == [400, 200, 400, 200]  # rows 0-1, row 0, row 1, row 2: nothing sent twice
+    assert FlakyProxy.seen == [400, 200, 400, 200]  # rows 0-1, row 0, row 1, row 2: nothing sent twice
     records = read_jsonl(out)
     assert [r["row"] for r in records] == [0, 1, 2]
     assert records[1]["error"] == "row 1: the server refused it (400): busy"
@@ -345,7 +284,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(flaky: str, tmp_path:
     reference = tmp_path / "reference.csv"
     score("lenet", str(source), str(reference), "--local", "--chunk-size", "100")
     out = tmp_path / "out.csv"
-    _FlakyProxy.hold_after = 3
+    FlakyProxy.hold_after = 3
     client = subprocess.Popen(
         [*SCORE, "lenet", str(source), str(out), "--url", flaky, "--chunk-size", "100", "--concurrency", "2", "-q"],
         cwd=REPO,
@@ -362,7 +301,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(flaky: str, tmp_path:
         time.sleep(0.01)
     assert client.poll() is None  # held: still running
     client.send_signal(signal.SIGINT)
-    _FlakyProxy.released.set()
+    FlakyProxy.released.set()
     _, stderr = client.communicate(timeout=120)
     assert client.returncode == 130, stderr
     assert "interrupted" in stderr

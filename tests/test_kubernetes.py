@@ -18,7 +18,6 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from bentoml._internal.configuration.containers import BentoMLContainer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.server import REQUEST_TIMEOUT_S
@@ -33,6 +32,8 @@ KUBERNETES = "1.37.0"  # the newest schemas kubernetes-validate bundles
 TOKEN_SECRET = "tinyserve-api-token"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"  # its own virtualenv (Makefile: why)
 TOKEN_FILES = {"TINYSERVE_API_TOKEN_FILE": "token", "TINYSERVE_METRICS_TOKEN_FILE": "metrics-token"}
+# The image runs `bentoml serve` with no --port (deploy/image/Dockerfile.j2): BentoML's documented default port.
+IMAGE_PORT = 3000
 
 
 @cache
@@ -239,11 +240,13 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_to_serve_without_cuda() -> N
 def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
     serving = container(target)
     ports = {p.get("name", "http"): p["containerPort"] for p in serving["ports"]}
-    http, grpc_port = BentoMLContainer.http.port.get(), Settings.model_fields["grpc_port"].default
-    expected = {"h2c": grpc_port} if target == "kserve-grpc" else {"http": http}  # KServe routes one port
+    grpc_port = Settings.model_fields["grpc_port"].default
+    expected = {"h2c": grpc_port} if target == "kserve-grpc" else {"http": IMAGE_PORT}  # KServe routes one port
     if not target.startswith("kserve"):
         expected["grpc"] = grpc_port
-    assert ports == expected and http == 3000  # where the image's server listens
+    dockerfile = (REPO / "deploy" / "image" / "Dockerfile.j2").read_text()
+    assert ports == expected and "EXPOSE 3000 8001" in dockerfile  # where the image's servers listen
+    assert "BENTOML_PORT" not in {e["name"] for e in serving.get("env", [])}  # nothing moves it elsewhere
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if "grpc" in serving[probe]:  # the standard health service, answered on the gRPC port
             check = serving[probe]["grpc"]
@@ -254,7 +257,7 @@ def test_port_and_probes_are_the_services(target: str, server: Server) -> None:
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
             continue
         check = serving[probe]["httpGet"]
-        assert check["port"] in (http, "http")
+        assert check["port"] in (IMAGE_PORT, "http")
         assert httpx.get(server.url + check["path"], timeout=30).status_code == 200, check["path"]
     if target == "kserve-grpc":
         assert "grpc" in serving["readinessProbe"]

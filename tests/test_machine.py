@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 
 import httpx
+import onnxruntime as ort
 import pytest
 
+from service import cuda
+from service.cuda import CUDA
 from service.machine import Cores, Shape, available_cores, cgroup_cpu_quota, choose_shape
+from service.runtime import CPU
 from tests.server import Server, running
 
 
@@ -116,9 +120,20 @@ def test_no_cgroup_files_means_no_quota(tmp_path: Path) -> None:
 
 
 def test_default_runtime_is_reported_in_the_catalog(server: Server) -> None:
-    runtime = httpx.get(f"{server.url}/v1/models").json()["runtime"]
+    catalog = httpx.get(f"{server.url}/v1/models").json()
+    runtime = catalog["runtime"]
     cores = available_cores()
     shape = choose_shape(cores.available)
+    assert {model["provider"] for model in catalog["models"]} == {runtime["provider"]}  # every model on it
+    # providers=auto: the CPU on a build without CUDA; on a CUDA build, CUDA with its options, or the CPU
+    # and the probe's reason (test_cuda_build.py and make test-gpu check those two cases in full)
+    if CUDA not in ort.get_available_providers():
+        provider = (CPU, {}, None)
+    elif runtime["provider"] == CUDA:
+        provider = (CUDA, cuda.provider_options(device_id=0, tf32=False, conv_algo_search="HEURISTIC"), None)
+    else:
+        assert runtime["cuda_fallback"], runtime
+        provider = (CPU, {}, runtime["cuda_fallback"])
     assert runtime == {
         "cores": cores.available,
         "cpu_affinity": cores.affinity,
@@ -126,9 +141,9 @@ def test_default_runtime_is_reported_in_the_catalog(server: Server) -> None:
         "workers": shape.workers,
         "intra_op_threads": shape.threads,
         "spinning": False,
-        "provider": runtime["provider"],  # test_cuda_build.py and make test-gpu check the provider
-        "provider_options": runtime["provider_options"],
-        "cuda_fallback": runtime["cuda_fallback"],
+        "provider": provider[0],
+        "provider_options": provider[1],
+        "cuda_fallback": provider[2],
     }
     assert f"runtime: {cores.describe()} -> " in server.output()
 

@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,12 +27,13 @@ import pytest
 from client import Scorer
 from client.ray_engine import RayEngine, connect
 from tests.helpers import REPO, held_out_digits, upscale_32
+from tests.proxy import FlakyProxy, flaky_proxy
 from tests.server import Server, free_port, running
 
 ACTOR = "ray::MapWorker(Map(ChunkScorer))"  # the process title Ray gives each actor of the pool
 BAD_ROWS = {
     7: "NaN or Infinity; expected finite numbers",
-    123: "pixels must be in [0, 1] (ink high), got values in [0, 2]",
+    123: "pixels must be in [0, 1], got values in [0, 2]",
 }
 
 
@@ -170,33 +171,58 @@ def _rows_inferred(url: str) -> float:
 
 
 @pytest.mark.timeout(600)
-def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_address: str, tmp_path: Path) -> None:
+def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(
+    ray_address: str, server: Server, tmp_path: Path
+) -> None:
+    """The actors score through a proxy that holds every request after the fourth: the run cannot end while
+    one actor is killed in the middle of its chunk, then the requests go on."""
     source = tmp_path / "xs.npy"
-    np.save(source, np.linspace(-50, 50, 16_000, dtype=np.float32).reshape(-1, 1))
+    np.save(source, np.linspace(-50, 50, 400, dtype=np.float32).reshape(-1, 1))
     expected = threads("linear", source, tmp_path / "threads.jsonl", chunk_size=10)
     output = tmp_path / "ray.jsonl"
     errors: list[BaseException] = []
+    with flaky_proxy(server.url) as proxy:
+        FlakyProxy.hold_after = 4
 
-    def run() -> None:
-        try:
-            on_ray("linear", source, output, actors=2, chunk_size=10)
-        except BaseException as e:
-            errors.append(e)
+        def run() -> None:
+            scorer = Scorer(model="linear", url=proxy, chunk_size=10, concurrency=2, quiet=True)
+            try:
+                RayEngine(scorer, urls=[proxy]).score(str(source), output)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                scorer.close()
 
-    runner = threading.Thread(target=run)
-    runner.start()
-    partial = output.with_name(output.name + ".tmp")
-    while runner.is_alive() and not (partial.exists() and partial.stat().st_size > 0):
-        time.sleep(0.05)  # until the driver has chunks back: the pool is scoring
-    victims = _actors()
-    assert runner.is_alive() and victims, "the run ended before an actor could be killed: give it more rows"
-    os.kill(victims[0].pid, signal.SIGKILL)
-    still_running = runner.is_alive()
-    runner.join()
+        runner = threading.Thread(target=run)
+        runner.start()
+        assert FlakyProxy.held.wait(timeout=300), errors or "no request reached the proxy"
+        port = int(proxy.rsplit(":", 1)[1])
+        while len(victims := _waiting_on(port)) < 2:  # both actors of the pool hold a chunk, held by the proxy
+            assert runner.is_alive(), errors
+            FlakyProxy.released.wait(0.05)
+        os.kill(victims[0].pid, signal.SIGKILL)
+        victims[0].wait(timeout=60)
+        FlakyProxy.released.set()
+        runner.join()
     assert not errors, errors
-    assert still_running, "the run ended before the kill landed: give it more rows"
     assert output.read_bytes() == expected  # every row once, in order, as the threads engine wrote it
-    assert not psutil.pid_exists(victims[0].pid) or victims[0].status() == psutil.STATUS_ZOMBIE
+    assert FlakyProxy.forwarded > 40  # the killed actor's chunk was sent again
+
+
+def _waiting_on(port: int) -> list[psutil.Process]:
+    """The pool's actors with a request open to `port` (the proxy answers one request per connection)."""
+    return [
+        actor
+        for actor in _actors()
+        if any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in _tcp(actor))
+    ]
+
+
+def _tcp(process: psutil.Process) -> list[Any]:
+    try:
+        return list(process.net_connections("tcp"))
+    except psutil.Error:  # an actor that has just exited
+        return []
 
 
 def _actors() -> list[psutil.Process]:

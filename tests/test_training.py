@@ -229,6 +229,14 @@ def test_cli_trains_lenet_on_mnist_files(tmp_path: Path) -> None:
     assert card.data["train_rows"] == 40 and card.data["test_rows"] == 10
 
 
+@pytest.mark.parametrize("name", ["linear", "multilinear", "blobs"])
+def test_the_card_and_the_onnx_file_record_the_seed_given(tmp_path: Path, name: str) -> None:
+    assert train_main([name, "--quick", "--seed", "3", "--out", str(tmp_path)]) == 0
+    card = modelrepo.read_card(tmp_path / name / "1")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / name / "1" / "model.onnx")).metadata_props}
+    assert (card.seed, props["seed"]) == (3, "3")
+
+
 def test_cli_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         train_main(["resnet"])

@@ -221,7 +221,7 @@ def test_a_digit_can_be_given_by_keyboard_alone(desktop: Visit) -> None:
 
 def test_an_upload_shows_its_progress_then_the_answer_and_the_image(desktop: Visit, tmp_path: Path) -> None:
     sample = next(s for s in handmade.typed(handmade.matplotlib_fonts()[:1], seed=3) if s.label == 4)
-    big = Image.fromarray(sample.image).resize((2400, 2400))  # a photo-sized upload: its progress shows
+    big = Image.fromarray(sample.image).resize((1600, 1600))  # a photo-sized upload: its progress shows
     path = tmp_path / "four.png"
     big.save(path)
     page = desktop.page
@@ -230,8 +230,9 @@ def test_an_upload_shows_its_progress_then_the_answer_and_the_image(desktop: Vis
     page.wait_for_selector("#digit[data-label]")
     assert page.text_content("#digit") == "4"
     assert page.is_visible("#upload-preview") and page.is_hidden("#upload")
-    assert page.evaluate("document.getElementById('upload-preview').naturalWidth") == 2400
-    assert page.evaluate("window.heard")[0] == "Uploading four.png…"
+    assert page.evaluate("document.getElementById('upload-preview').naturalWidth") == 1600
+    heard = page.evaluate("window.heard")  # the progress bar's label: sending, then the server at work
+    assert heard[0] == "Uploading four.png…" and "The server is reading four.png…" in heard
 
 
 def test_blobs_plane_shows_the_apis_exact_answer(desktop: Visit, http: httpx.Client) -> None:
@@ -310,6 +311,7 @@ def test_every_models_card_is_shown_readably_with_its_pictures(desktop: Visit, h
             assert image.evaluate("img => img.getBoundingClientRect().width") >= 300  # a picture, not a thumbnail
     blobs = page.locator("article[data-model='blobs']").inner_text()
     assert "P(label 1) at (−1, 1)" in blobs and "largest difference, ONNX against PyTorch" in blobs
+    assert "(1, 1), (-1, -1), (1, -1), (-1, 1)" in blobs  # the cluster centres, as points
 
 
 @pytest.mark.parametrize("width", [320, 360, 375, 390, 414, 430])
@@ -408,6 +410,7 @@ def test_errors_are_shown_in_the_servers_words_and_the_page_goes_on(
         refusal = http.post("/v1/linear/predict", json={"x": [1e31]})
         page.wait_for_selector("#linear-error:not([hidden])")
         assert page.text_content("#linear-error") == f"{refusal.status_code}: {refusal.json()['error']}"
+        assert page.locator("#line-chart .mark").count() == 0  # no answer, no point drawn for it
         assert axe_violations(page) == []
         visit.screenshot("error")
         assert all(REFUSED.match(m) for m in visit.console), visit.console  # the refusals themselves, nothing else

@@ -87,7 +87,7 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
         recipe={"optimizer": "SGD", "schedule": "cosine", "loss": "MSE"} | asdict(recipe),
         data={"source": "y = 7x + 5 + N(0, 2), x ~ N(0, 1)", "train_rows": recipe.n},
         metrics=metrics,
-        seed=0,  # set by the caller
+        seed=seed,
         losses=losses,
     )
 

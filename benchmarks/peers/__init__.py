@@ -26,6 +26,7 @@ import onnxruntime as ort
 import psutil
 
 from benchmarks.server import REPO, free_port
+from client.v2 import binary_request
 
 HERE = REPO / "benchmarks" / "peers"
 VENVS = REPO / ".venv-peers"
@@ -64,15 +65,8 @@ def v2_json(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 def v2_binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """A V2 request with `x` as a binary tensor and the output asked for in binary."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    return header + x.tobytes(), OCTETS | {"inference-header-content-length": str(len(header))}
+    body, headers = binary_request(x, ["logits"])
+    return body, {k.lower(): v for k, v in headers.items()}
 
 
 def raw(x: np.ndarray) -> tuple[bytes, dict[str, str]]:

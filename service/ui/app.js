@@ -672,6 +672,7 @@
     } catch (e) {
       $("ly").textContent = "–";
       delete $("ly").dataset.value;
+      for (const mark of $("line-chart").querySelectorAll(".mark")) mark.remove(); // no answer: no point on the line
       showError($("linear-error"), e);
     }
   }
@@ -754,7 +755,7 @@
   function show(v) {
     if (typeof v === "number") return fmt(v);
     if (typeof v === "string" && VALUES[v]) return `${VALUES[v]} (${v})`;
-    if (Array.isArray(v)) return v.map(show).join(v.some(Array.isArray) ? "; " : ", ");
+    if (Array.isArray(v)) return v.map((x) => (Array.isArray(x) ? `(${show(x)})` : show(x))).join(", ");
     if (typeof v === "object" && v !== null) return Object.entries(v).map(([k, x]) => `${readable(k)}: ${show(x)}`).join(", ");
     return String(v);
   }

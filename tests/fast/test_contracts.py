@@ -19,7 +19,6 @@ from starlette.testclient import TestClient
 import modelrepo
 from service.errors import InvalidInput
 from service.kinds import Contract, contract
-from service.schemas import MAX_ROWS
 from tests.fast.conftest import REPO
 
 CONTRACTS = {e.name: contract(e.card) for e in modelrepo.discover(REPO / "models")}
@@ -81,10 +80,10 @@ def test_linear_refuses_any_non_finite_or_non_number(x: list[Any]) -> None:
         LinearRequest.model_validate({"x": x})
 
 
-@given(st.integers(MAX_ROWS + 1, MAX_ROWS + 50))
+@given(st.integers(modelrepo.MAX_ROWS + 1, modelrepo.MAX_ROWS + 50))
 @settings(max_examples=5)
 def test_linear_refuses_too_many_rows(n: int) -> None:
-    with pytest.raises(ValidationError, match=f"at most {MAX_ROWS} items"):
+    with pytest.raises(ValidationError, match=f"at most {modelrepo.MAX_ROWS} items"):
         LinearRequest.model_validate({"x": [0.0] * n})
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from client import v2 as v2_client
 from service import v2
 from service.dataplane import DataPlane, V2Result
 from service.errors import InvalidInput
@@ -30,8 +31,8 @@ def _body(images: int, *, binary: bool) -> tuple[bytes, str | None]:
     tensor: dict[str, Any] = {"name": "x", "shape": list(x.shape), "datatype": "FP32"}
     if not binary:
         return json.dumps({"inputs": [tensor | {"data": x.ravel().tolist()}]}).encode(), None
-    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": x.nbytes}}]}).encode()
-    return header + x.tobytes(), str(len(header))
+    body, headers = v2_client.binary_request(x, binary_output=False)
+    return body, headers["Inference-Header-Content-Length"]
 
 
 async def _other_tasks_ran_during(work: Awaitable[Any]) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from client import v2 as v2_client
 from tests.cases import CASES, send
 
 DIGITS = np.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "digits.npy")
@@ -75,21 +75,10 @@ def test_an_unknown_name_is_echoed_cut_short(client: TestClient) -> None:
 
 def test_v2_binary_answer_equals_the_typed_route(client: TestClient) -> None:
     x = DIGITS[:4].astype(np.float32)
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    r = client.post(
-        "/v2/models/lenet/infer",
-        content=header + x.tobytes(),
-        headers={"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
-    )
-    length = int(r.headers["inference-header-content-length"])
-    logits = np.frombuffer(r.content[length:], dtype="<f4").reshape(4, 10)
+    body, headers = v2_client.binary_request(x)
+    r = client.post("/v2/models/lenet/infer", content=body, headers=headers)
+    logits = v2_client.read_answer(r.content, r.headers)["logits"]
+    assert logits.shape == (4, 10)
     typed = client.post("/v1/lenet/predict", json={"images": x[:, 0].tolist()}).json()
     assert typed["labels"] == logits.argmax(axis=1).tolist()
 
