@@ -30,16 +30,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service import __version__, metrics, tensors, v2
 from service.dataplane import DataPlane, V2Result, on_thread_if
-from service.errors import (
-    InvalidInput,
-    ModelNotFound,
-    Overloaded,
-    PayloadTooLarge,
-    ServingError,
-    Unavailable,
-    Unimplemented,
-    UnsupportedMedia,
-)
+from service.errors import InvalidInput, Overloaded, ServingError, Unavailable, Unimplemented
 from service.lifecycle import Lifecycle
 from service.runtime import StartRefused, refuse_start
 from service.timing import Timing
@@ -48,15 +39,19 @@ logger = logging.getLogger("bentoml.tinyserve")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
-# The data plane's errors as gRPC status codes: the one place they are mapped.
-CODES: dict[type[ServingError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    UnsupportedMedia: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+# The data plane's errors as gRPC status codes, by the HTTP status each carries: the one place they are mapped.
+CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # The typed contents field each datatype's values travel in (FP16 and BF16 have none: raw only).
 CONTENTS = {
@@ -86,7 +81,7 @@ UNAUTHORISED = "missing or invalid API token: send the metadata 'authorization: 
 
 
 def code_of(error: ServingError) -> grpc.StatusCode:
-    return next((CODES[kind] for kind in type(error).__mro__ if kind in CODES), grpc.StatusCode.INTERNAL)
+    return CODES.get(error.status, grpc.StatusCode.INTERNAL)
 
 
 def _answering(method: Handler) -> Handler:
@@ -253,9 +248,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     ModelStreamInfer = _unimplemented("streaming inference (ModelStreamInfer)", "call ModelInfer once per request")
     ModelConfig = _unimplemented("the model configuration (ModelConfig)", "read ModelMetadata for inputs and outputs")
-    RepositoryIndex = _unimplemented("the model repository API (RepositoryIndex)", "read ModelMetadata per model")
-    RepositoryModelLoad = _unimplemented("loading models (RepositoryModelLoad)", "the server loads models/ at start")
-    RepositoryModelUnload = _unimplemented("unloading models (RepositoryModelUnload)", "serve without the model")
+    RepositoryIndex = _unimplemented(
+        "the model repository index (RepositoryIndex) over gRPC", "POST /v2/repository/index on the HTTP port"
+    )
+    RepositoryModelLoad = _unimplemented(
+        "loading models (RepositoryModelLoad) over gRPC", "POST /v2/repository/models/<name>/load on the HTTP port"
+    )
+    RepositoryModelUnload = _unimplemented(
+        "unloading models (RepositoryModelUnload) over gRPC",
+        "POST /v2/repository/models/<name>/unload on the HTTP port",
+    )
     SystemSharedMemoryStatus = _unimplemented("shared memory (SystemSharedMemoryStatus)", "send tensors in requests")
     SystemSharedMemoryRegister = _unimplemented(
         "shared memory (SystemSharedMemoryRegister)", "send tensors in requests"

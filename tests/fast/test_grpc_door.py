@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from service import grpc_server
 from service.dataplane import DataPlane
+from service.errors import ServingError
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "s3cret"
@@ -353,3 +354,15 @@ def test_a_message_over_the_body_limit_is_resource_exhausted(door: Door) -> None
         client.infer("lenet", [tensor], headers=dict(AUTH))
     assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     client.close()
+
+
+def test_every_typed_error_has_its_grpc_code() -> None:
+    import service.control  # noqa: F401  # its errors (409 for a load the mode refuses, ...) join the family
+
+    def family(kind: type[ServingError]) -> list[type[ServingError]]:
+        return [kind, *(k for sub in kind.__subclasses__() for k in family(sub))]
+
+    kinds = [k for k in family(ServingError) if k.status != 500]
+    assert len(kinds) >= 8
+    for kind in kinds:
+        assert grpc_server.code_of(kind("x")) != grpc.StatusCode.INTERNAL, kind.__name__
