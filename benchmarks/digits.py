@@ -25,9 +25,9 @@ def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def upscale_32(image8: np.ndarray) -> np.ndarray:
     """The training preprocessing, without torch: bilinear 8x8 -> 32x32 (align_corners=False)."""
-    from service.images import _UPSCALE
+    from preprocessing import UPSCALE
 
-    return (_UPSCALE @ image8 @ _UPSCALE.T).astype(np.float32)
+    return (UPSCALE @ image8 @ UPSCALE.T).astype(np.float32)
 
 
 def render(image8: np.ndarray, size: tuple[int, int], *, dark_on_light: bool, fmt: str = "PNG") -> bytes:

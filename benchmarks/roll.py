@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 import psutil
 
-from tests.repository import publish, repository
-from tests.server import REPO, launch, stop, wait_ready
+from benchmarks.repository import publish, repository
+from benchmarks.server import REPO, launch, stop, wait_ready
 
 RESULTS = REPO / "benchmarks" / "results"
 

@@ -24,8 +24,9 @@ from typing import Any
 import anyio
 
 import modelrepo
+import provenance
 from modelrepo import ModelEntry, ModelRepositoryError, VersionPolicy, version_key
-from service import metrics, provenance
+from service import metrics
 from service.dataplane import Batching, load_model
 from service.errors import InvalidInput, ModelNotFound, ServingError, echo
 from service.registry import Registry

@@ -18,8 +18,8 @@ import orjson
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
+import recognition
 from modelrepo import MAX_IMAGES, MAX_ROWS, ModelCard, ModelKind, softmax
-from service import recognition
 from service.errors import InvalidInput
 from service.schemas import Reply, Request
 

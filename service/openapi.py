@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from modelrepo import ModelKind
+from preprocessing import UPSCALE
 from service import __version__
-from service.images import _UPSCALE
 from service.kinds import Contract, schema_of
 
 INFO = {
@@ -197,7 +197,7 @@ def _seven() -> list[list[float]]:
         [0, 0, 9, 15, 1, 0, 0, 0],
         [0, 0, 13, 5, 0, 0, 0, 0],
     ]
-    image = _UPSCALE @ (np.array(counts) / 16.0) @ _UPSCALE.T
+    image = UPSCALE @ (np.array(counts) / 16.0) @ UPSCALE.T
     return [[round(float(v), 2) for v in row] for row in np.clip(image, 0, 1)]
 
 

@@ -24,7 +24,8 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 import modelrepo
-from service import cuda, metrics, provenance
+import provenance
+from service import cuda, metrics
 from service.kinds import contract
 from service.machine import Cores, Shape, available_cores, choose_shape
 from service.settings import Settings

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import modelrepo
+import provenance
 from modelrepo import ModelEntry, ModelRepositoryError
-from service import cuda, provenance
+from service import cuda
 from service.runtime import CUDA, Runtime, StartRefused
 
 STATE_FILE = "state.json"

@@ -23,9 +23,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 import modelrepo
+import provenance
+from benchmarks.repository import keypair, publish, repository, set_policy
 from modelrepo import ModelEntry
-from service import provenance
-from tests.repository import keypair, publish, repository, set_policy
 from tests.server import REPO, Server, refused_start, running
 
 TWO_WORKERS = {"TINYSERVE_WORKERS": "2", "TINYSERVE_THREADS": "1"}

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import modelrepo
-from service import images
-from service.recognition import recognised
+import preprocessing
+from recognition import recognised
 from tests.helpers import REPO, run_onnx
 from training import data, handmade, lenet, recipes
 
@@ -30,7 +30,7 @@ def _drawn(strokes: list[list[tuple[float, float]]], pen: int = 18) -> np.ndarra
     pad = Image.new("L", (handmade.PAD, handmade.PAD), 255)
     for stroke in strokes:
         ImageDraw.Draw(pad).line(stroke, fill=17, width=pen, joint="curve")
-    return images.normalise(images.ink_high(np.asarray(pad) / 255.0))[None]
+    return preprocessing.normalise(preprocessing.ink_high(np.asarray(pad) / 255.0))[None]
 
 
 SPIRAL = [[(140 + r * math.cos(r / 8), 140 + r * math.sin(r / 8)) for r in range(0, 110, 2)]]
@@ -57,7 +57,7 @@ def test_held_out_digits_are_taken_for_digits() -> None:
 
 def test_drawn_and_typed_digits_read_right_are_still_taken() -> None:
     samples = [*handmade.drawn(21, per_style=1), *handmade.typed(handmade.matplotlib_fonts(), 21, sizes=(120,))]
-    x = np.stack([images.normalise(images.ink_high(s.image / 255.0))[None] for s in samples])
+    x = np.stack([preprocessing.normalise(preprocessing.ink_high(s.image / 255.0))[None] for s in samples])
     logits = run_onnx("lenet", x)
     right = logits.argmax(1) == [s.label for s in samples]
     assert recognised(logits, CARD)[right].mean() >= 0.99

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import modelrepo
-from service import images
+import preprocessing
 from tests.helpers import REPO, run_onnx
 from training import handmade, lenet
 
@@ -66,7 +66,7 @@ def test_the_cards_figures_are_what_the_model_does() -> None:
         "typed": list(handmade.typed(handmade.matplotlib_fonts(), lenet.HANDMADE_SEED)),
     }
     for name, samples in sets.items():
-        x = np.stack([images.normalise(images.ink_high(s.image / 255.0))[None] for s in samples])
+        x = np.stack([preprocessing.normalise(preprocessing.ink_high(s.image / 255.0))[None] for s in samples])
         accuracy = float(np.mean(run_onnx("lenet", x).argmax(1) == [s.label for s in samples]))
         assert card.metrics[f"{name}_rows"] == len(samples)
         assert card.metrics[f"{name}_accuracy"] == pytest.approx(accuracy, abs=1e-6)

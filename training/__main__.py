@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import modelrepo
-from service import provenance
+import provenance
 from training import recipes
 from training.common import export, seed_everything
 

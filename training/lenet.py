@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 
-from service import images
+import preprocessing
 from training import data, handmade
 from training.common import Trained, epochs_bar, plot_losses, rounded, save_figure
 
@@ -86,7 +86,7 @@ def another_hand(pen: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> n
     """A 64x64 ink-high digit as another hand would write it, put through the server's own preprocessing.
 
     A random slant, rotation and width, a pen of another weight (blur, then a random ink threshold),
-    then `service.images.normalise`: the model learns on exactly what an upload or a drawing becomes.
+    then `preprocessing.normalise`: the model learns on exactly what an upload or a drawing becomes.
     """
     turn = math.radians(rng.uniform(-recipe.rotate, recipe.rotate))
     slant, squeeze = rng.uniform(-recipe.shear, recipe.shear), rng.uniform(*recipe.squeeze)
@@ -98,7 +98,7 @@ def another_hand(pen: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> n
     )
     ink = np.asarray(image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 2.0))), dtype=np.float32)
     ink = (ink >= rng.uniform(0.25, 0.6) * ink.max()).astype(np.float32)
-    return images.normalise(ink, images.TRAINED_FRAME)
+    return preprocessing.normalise(ink, preprocessing.TRAINED_FRAME)
 
 
 def redraw(x: torch.Tensor, recipe: Recipe, rng: np.random.Generator) -> torch.Tensor:
@@ -224,7 +224,9 @@ def handmade_accuracy(model: nn.Module) -> dict[str, float]:
     }
     metrics = {}
     for name, samples in sets.items():
-        x = torch.from_numpy(np.stack([images.normalise(images.ink_high(s.image / 255.0))[None] for s in samples]))
+        x = torch.from_numpy(
+            np.stack([preprocessing.normalise(preprocessing.ink_high(s.image / 255.0))[None] for s in samples])
+        )
         with torch.no_grad():
             predicted = model(x).argmax(1).numpy()
         metrics[f"{name}_accuracy"] = float(np.mean(predicted == [s.label for s in samples]))

@@ -20,8 +20,8 @@ import onnxruntime as ort
 from PIL import Image, ImageDraw, ImageFont
 
 import modelrepo
-from service import images
-from service.recognition import recognised
+import preprocessing
+from recognition import recognised
 from training import data, handmade, recipes
 
 LENET = Path(__file__).resolve().parents[1] / "models" / "lenet" / "1"  # the served model
@@ -31,7 +31,7 @@ SEED = 5
 
 
 def _input(pad: Image.Image) -> np.ndarray:
-    return images.normalise(images.ink_high(np.asarray(pad) / 255.0))[None]
+    return preprocessing.normalise(preprocessing.ink_high(np.asarray(pad) / 255.0))[None]
 
 
 def letters() -> tuple[np.ndarray, list[str]]:

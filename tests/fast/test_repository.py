@@ -15,7 +15,9 @@ import pytest
 from starlette.testclient import TestClient
 
 import modelrepo
-from service import provenance, repository_api, v2
+import provenance
+from benchmarks.repository import keypair, publish, repository, set_policy
+from service import repository_api, v2
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.lifecycle import Lifecycle
@@ -25,7 +27,6 @@ from service.registry import Registry
 from service.runtime import Runtime, start_up
 from service.settings import Settings
 from tests.fast.conftest import RUNTIME
-from tests.repository import keypair, publish, repository, set_policy
 
 pytestmark = pytest.mark.timeout(120)
 X = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}

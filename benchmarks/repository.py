@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import modelrepo
-from service import provenance
+import provenance
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
