@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service import __version__, metrics, tensors, v2
+from service import __version__, metrics, repository_api, tensors, v2
 from service.dataplane import DataPlane, V2Result, on_thread_if
 from service.errors import InvalidInput, Overloaded, ServingError, Unavailable, Unimplemented
 from service.lifecycle import Lifecycle
@@ -248,16 +248,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     ModelStreamInfer = _unimplemented("streaming inference (ModelStreamInfer)", "call ModelInfer once per request")
     ModelConfig = _unimplemented("the model configuration (ModelConfig)", "read ModelMetadata for inputs and outputs")
-    RepositoryIndex = _unimplemented(
-        "the model repository index (RepositoryIndex) over gRPC", "POST /v2/repository/index on the HTTP port"
-    )
-    RepositoryModelLoad = _unimplemented(
-        "loading models (RepositoryModelLoad) over gRPC", "POST /v2/repository/models/<name>/load on the HTTP port"
-    )
-    RepositoryModelUnload = _unimplemented(
-        "unloading models (RepositoryModelUnload) over gRPC",
-        "POST /v2/repository/models/<name>/unload on the HTTP port",
-    )
+
+    # Triton's repository extension: the same calls and sentences as POST /v2/repository/... (service.repository_api)
+    @_answering
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        models = repository_api.repository_index(self.plane, ready=request.ready)
+        return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)
+
+    @_answering
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await repository_api.load_model(self.plane, request.model_name, _parameters(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @_answering
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await repository_api.unload_model(self.plane, request.model_name, _parameters(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+
     SystemSharedMemoryStatus = _unimplemented("shared memory (SystemSharedMemoryStatus)", "send tensors in requests")
     SystemSharedMemoryRegister = _unimplemented(
         "shared memory (SystemSharedMemoryRegister)", "send tensors in requests"

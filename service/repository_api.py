@@ -27,32 +27,43 @@ def create(plane: PlaneSource) -> FastAPI:
     @app.post(f"{PATH}/index", summary="Every model version in the repository: READY or UNAVAILABLE, and why")
     async def index(request: Request) -> list[dict[str, str]]:
         body = await _body(request)
-        return _control(plane).index(ready=body.get("ready") is True)
+        return repository_index(plane(), ready=body.get("ready") is True)
 
     @app.post(f"{PATH}/models/{{name}}/load", summary="Serve a model's versions (its version policy) on every worker")
     async def load(name: str, request: Request) -> dict[str, Any]:
-        parameters = await _parameters(request)
-        unknown = sorted(set(parameters) - {"config"})
-        if unknown:
-            raise InvalidInput(
-                f"unsupported load parameters {', '.join(map(repr, unknown))}: only 'config' "
-                "(a version_policy) is taken; model files come from the repository"
-            )
-        return await _control(plane).load(name, parse_policy(parameters.get("config")))
+        return await load_model(plane(), name, await _parameters(request))
 
     @app.post(f"{PATH}/models/{{name}}/unload", summary="Stop serving a model (or one version) on every worker")
     async def unload(name: str, request: Request) -> dict[str, Any]:
-        parameters = await _parameters(request)
-        version = parameters.get("version")
-        if version is not None and not isinstance(version, (str, int)):
-            raise InvalidInput(f"parameters.version must be a version string, got {json.dumps(version)}")
-        return await _control(plane).unload(name, None if version is None else str(version))
+        return await unload_model(plane(), name, await _parameters(request))
 
     return app
 
 
-def _control(plane: PlaneSource) -> Controller:
-    control = plane().control
+# The three calls as every front door makes them (HTTP here, gRPC in service.grpc_server): one set of sentences.
+def repository_index(plane: DataPlane, *, ready: bool) -> list[dict[str, str]]:
+    return control_of(plane).index(ready=ready)
+
+
+async def load_model(plane: DataPlane, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(parameters) - {"config"})
+    if unknown:
+        raise InvalidInput(
+            f"unsupported load parameters {', '.join(map(repr, unknown))}: only 'config' "
+            "(a version_policy) is taken; model files come from the repository"
+        )
+    return await control_of(plane).load(name, parse_policy(parameters.get("config")))
+
+
+async def unload_model(plane: DataPlane, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    version = parameters.get("version")
+    if version is not None and not isinstance(version, (str, int)):
+        raise InvalidInput(f"parameters.version must be a version string, got {json.dumps(version)}")
+    return await control_of(plane).unload(name, None if version is None else str(version))
+
+
+def control_of(plane: DataPlane) -> Controller:
+    control = plane.control
     if control is None:
         raise Unavailable("the model repository calls are not available in this server")
     return control

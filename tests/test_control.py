@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
@@ -177,6 +178,24 @@ def test_tritonclient_loads_and_a_restarted_worker_serves_the_current_state(
             client.get_model_metadata("linear")
         client.load_model("linear", config=json.dumps({"version_policy": {"specific": {"versions": [1]}}}))
         assert client.get_model_metadata("linear")["versions"] == ["1"]
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(300)
+def test_tritonclient_grpc_drives_the_same_repository_calls(explicit: tuple[Server, Path, Path]) -> None:
+    server, _, _ = explicit
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    try:
+        client.unload_model("linear")
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"}.items() <= index[-1].items()
+        with pytest.raises(InferenceServerException, match="unknown model 'linear': expected one of none"):
+            client.get_model_metadata("linear")
+        client.load_model("linear", config=json.dumps({"version_policy": {"specific": {"versions": [1]}}}))
+        assert client.get_model_metadata("linear", as_json=True)["versions"] == ["1"]
+        with pytest.raises(InferenceServerException, match=r"unsupported load parameters 'file:1/model\.onnx'"):
+            client.load_model("linear", files={"file:1/model.onnx": b"not a model"})
     finally:
         client.close()
 

@@ -266,7 +266,6 @@ def test_statistics_count_each_request_its_rows_and_its_time(door: Door) -> None
 def test_calls_not_served_answer_unimplemented_with_a_sentence(door: Door) -> None:
     calls = {
         door.stub.ModelConfig: pb.ModelConfigRequest(name="lenet"),
-        door.stub.RepositoryIndex: pb.RepositoryIndexRequest(),
         door.stub.SystemSharedMemoryStatus: pb.SystemSharedMemoryStatusRequest(),
         door.stub.CudaSharedMemoryRegister: pb.CudaSharedMemoryRegisterRequest(),
         door.stub.TraceSetting: pb.TraceSettingRequest(),
@@ -284,6 +283,15 @@ def test_calls_not_served_answer_unimplemented_with_a_sentence(door: Door) -> No
     assert (code, sentence) == (
         grpc.StatusCode.UNIMPLEMENTED,
         "streaming inference (ModelStreamInfer) is not served by tinyserve; call ModelInfer once per request",
+    )
+
+
+def test_repository_calls_are_the_http_routes_sentences(door: Door) -> None:
+    """Served by the same functions as POST /v2/repository/... (tests/test_control.py drives them on a server);
+    a data plane without a controller refuses them as HTTP does."""
+    assert _refusal(door.stub.RepositoryIndex, pb.RepositoryIndexRequest()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "the model repository calls are not available in this server",
     )
 
 
