@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import numpy as np
+import uvloop
 
 from benchmarks.server import REPO
 from client.v2 import binary_request
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per route (default: 2000)")
     parser.add_argument("--profile", action="store_true", help="print the typed route's profile")
     args = parser.parse_args()
-    print(table(asyncio.run(_measure(args.requests, args.profile))))
+    print(table(uvloop.run(_measure(args.requests, args.profile))))  # the event loop BentoML's workers run
 
 
 if __name__ == "__main__":

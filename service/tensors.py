@@ -6,13 +6,13 @@ Pure functions over bytes and numpy arrays; `service.v2` wires them to HTTP. Eve
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelrepo import TensorSpec
@@ -302,7 +302,7 @@ def encode_response(
         else:
             entry["data"] = np.asarray(array, dtype=DATATYPES[spec.datatype]).ravel().tolist()
         described.append(entry)
-    text = json.dumps(header | {"outputs": described}, separators=(",", ":")).encode()
+    text = orjson.dumps(header | {"outputs": described})
     if not blobs:
         return text, None
     return b"".join([text, *blobs]), len(text)
