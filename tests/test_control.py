@@ -65,8 +65,9 @@ def _reports(control: Path, until: object, attempts: int = 600) -> dict[int, dic
 
 
 class Hammer:
-    """CONCURRENCY clients on the default route; each answer is kept with its client and the phase its request
-    started in: even phases are steady (no call in progress), odd ones run from a call's start to its answer."""
+    """CONCURRENCY clients on the default route; each answer is kept with its client and its phase: even phases are
+    steady (no call in progress), odd ones run from a call's start to its answer; a request that spans a change of
+    phase counts for the odd phase it overlapped."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -79,8 +80,12 @@ class Hammer:
     def _client(self, index: int) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:  # one connection: one worker
             while not self.stop.is_set():
-                phase = self.phase
+                started = self.phase
                 r = client.post("/v2/models/linear/infer", json=X)
+                # A request counts for a steady (even) phase only if that phase held from before it was sent until
+                # after it was answered: a thread that read the phase, then waited its turn through a whole load
+                # call, sends its request in another phase than the one it read.
+                phase = started if self.phase == started else started | 1
                 answer = r.json()["model_version"] if r.status_code == 200 else r.text
                 with self.changed:
                     self.answers.append((index, phase, r.status_code, answer))
