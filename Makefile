@@ -52,6 +52,8 @@ $(ORT_GPU)/.installed: | $(BIN)/python
 # checkov (security checks of deploy/kubernetes/, in tests/test_kubernetes.py) in a virtualenv of its own: it
 # pins packaging, networkx and python-dateutil below the versions serving, Ray and training use.
 CHECKOV_VENV ?= .venv-checkov
+# (defined before `test`: make expands a rule's prerequisites where it reads the rule)
+KSERVE_VENV ?= $(VENV)-kserve
 $(CHECKOV_VENV)/.installed:
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
@@ -70,7 +72,6 @@ test: $(VENV)/.all $(ORT_GPU)/.installed $(CHECKOV_VENV)/.installed $(KSERVE_VEN
 
 # KServe's Python SDK, for its InferenceGRPCClient against our gRPC port (tests/test_grpc.py runs it at test
 # time): a virtualenv of its own, as kserve caps protobuf below 7 and psutil below 6, under our pins.
-KSERVE_VENV ?= $(VENV)-kserve
 $(KSERVE_VENV)/.installed:
 	$(PYTHON) -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/pip install --quiet kserve==0.21.0
