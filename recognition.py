@@ -1,12 +1,13 @@
 """Whether LeNet's answer is a digit at all: a rule on its logits, with its parameters in the model card.
 
-LeNet was trained on digits only, so it names a digit for anything (a letter X: "8", 100% sure). The
-card's `extra.recognition` says how to tell: {"rule": "max_logit", "threshold": t} accepts an image
-whose largest logit reaches t. The largest logit, not the softmax's top probability: softmax only
-compares the ten answers, so a scribble that looks like no digit at all can still take 100% of it,
-while the logit's size says how strongly the image matched a digit's features (measured on held-out
-scans, drawn and typed digits against letters and scribbles: `python -m training.recognition`). A card
-without the entry recognises every image, as before.
+Softmax names a digit for anything it is shown. The card's `extra.recognition` says how to tell:
+{"rule": "max_logit", "threshold": t} accepts an image whose largest logit reaches t. The largest logit,
+not the softmax's top probability: softmax only compares the ten answers, so a scribble that looks like no
+digit at all can still take 100% of it, while the logit's size says how strongly the image matched a
+digit. LeNet learned to keep it low on letters and scribbles (training/lenet.py); the card's metrics
+`letters_refused` and `scribbles_refused` say how often the rule refuses shapes training never saw
+(`python -m training.recognition` prints the whole measurement). A card without the entry recognises
+every image, as before.
 """
 
 from __future__ import annotations

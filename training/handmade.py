@@ -154,3 +154,35 @@ def matplotlib_fonts() -> list[Path]:
 
     fonts = (Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("DejaVu*.ttf")
     return sorted(f for f in fonts if "Display" not in f.name)  # the Display faces have no digits
+
+
+# What is no digit, for measuring LeNet's "that does not look like a digit" (training.recognition, the card's
+# metrics, tests/test_recognition.py). Training refuses other shapes: letters in other faces and other scribbles.
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+DIGIT_LIKE = frozenset("OoDQlIiJjSsZzBbGgqTtAyY")  # 0 1 2 5 6 8 9 7 4 in many hands and faces
+
+
+def letters(fonts: Sequence[Path], sizes: Sequence[int] = (96, 160)) -> Iterator[Sample]:
+    """A-Z and a-z in each font and size, centred on the pad (label -1: no digit)."""
+    for font_path in fonts:
+        for size in sizes:
+            font = ImageFont.truetype(str(font_path), size)
+            for letter in LETTERS:
+                image = Image.new("L", (PAD, PAD), 255)
+                draw = ImageDraw.Draw(image)
+                left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
+                at = ((PAD - (right - left)) / 2 - left, (PAD - (bottom - top)) / 2 - top)
+                draw.text(at, letter, fill=0, font=font)
+                yield Sample(np.asarray(image), -1, letter)
+
+
+def scribbles(seed: int, n: int = 600) -> Iterator[Sample]:
+    """1-4 random polylines with pens of 6-30 pixels (label -1: no digit)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        image = Image.new("L", (PAD, PAD), 255)
+        pen = int(rng.choice([6, 10, 18, 30]))
+        for _ in range(int(rng.integers(1, 5))):
+            points = rng.uniform(30, 250, (int(rng.integers(2, 8)), 2))
+            ImageDraw.Draw(image).line([tuple(p) for p in points], fill=0, width=pen, joint="curve")
+        yield Sample(np.asarray(image), -1, f"scribble, pen {pen}")

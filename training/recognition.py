@@ -17,50 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageDraw, ImageFont
 
 import modelrepo
-import preprocessing
 from recognition import recognised
 from training import data, handmade, recipes
+from training.lenet import SCRIBBLES_SEED, inputs
 
 LENET = Path(__file__).resolve().parents[1] / "models" / "lenet" / "1"  # the served model
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-DIGIT_LIKE = set("OoDQlIiJjSsZzBbGgqTtAyY")  # 0 1 2 5 6 8 9 7 4 in many hands and faces
-SEED = 5
-
-
-def _input(pad: Image.Image) -> np.ndarray:
-    return preprocessing.normalise(preprocessing.ink_high(np.asarray(pad) / 255.0))[None]
-
-
-def letters() -> tuple[np.ndarray, list[str]]:
-    x, names = [], []
-    for face in handmade.matplotlib_fonts():
-        for size in (96, 160):
-            font = ImageFont.truetype(str(face), size)
-            for letter in LETTERS:
-                pad = Image.new("L", (handmade.PAD, handmade.PAD), 255)
-                draw = ImageDraw.Draw(pad)
-                left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
-                at = ((handmade.PAD - (right - left)) / 2 - left, (handmade.PAD - (bottom - top)) / 2 - top)
-                draw.text(at, letter, fill=0, font=font)
-                x.append(_input(pad))
-                names.append(letter)
-    return np.stack(x), names
-
-
-def scribbles(n: int = 600) -> np.ndarray:
-    rng = np.random.default_rng(SEED)
-    x = []
-    for _ in range(n):
-        pad = Image.new("L", (handmade.PAD, handmade.PAD), 255)
-        pen = int(rng.choice([6, 10, 18, 30]))
-        for _ in range(int(rng.integers(1, 5))):
-            points = rng.uniform(30, 250, (int(rng.integers(2, 8)), 2))
-            ImageDraw.Draw(pad).line([tuple(p) for p in points], fill=0, width=pen, joint="curve")
-        x.append(_input(pad))
-    return np.stack(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,22 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         "typed (card's set)": list(handmade.typed(handmade.matplotlib_fonts(), 0)),
     }
     for name, samples in sets.items():
-        digits[name] = (
-            np.stack([_input(Image.fromarray(s.image)) for s in samples]),
-            np.array([s.label for s in samples]),
-        )
+        x, kept = inputs(samples)
+        digits[name] = (x, np.array([s.label for s in kept]))
     for name, (x, y) in digits.items():
         z = logits(x)
         taken, right = recognised(z, card), z.argmax(1) == y
         both = (taken & right).mean()
         print(f"{name:22s} {len(y):5d}  taken {taken.mean():7.2%}  read right {right.mean():7.2%}  both {both:7.2%}")
-    x, names = letters()
+    x, kept = inputs(handmade.letters(handmade.matplotlib_fonts()))
     refused = ~recognised(logits(x), card)
-    plain = np.array([n not in DIGIT_LIKE for n in names])
+    plain = np.array([s.how not in handmade.DIGIT_LIKE for s in kept])
     shaped = f"not shaped like a digit: {refused[plain].mean():.2%} of {plain.sum()}"
-    print(f"{'letters':22s} {len(names):5d}  refused {refused.mean():7.2%}  ({shaped})")
-    x = scribbles()
-    print(f"{'scribbles':22s} {len(x):5d}  refused {(~recognised(logits(x), card)).mean():7.2%}")
+    print(f"{'letters':22s} {len(kept):5d}  refused {refused.mean():7.2%}  ({shaped})")
+    x, kept = inputs(handmade.scribbles(SCRIBBLES_SEED))
+    print(f"{'scribbles':22s} {len(kept):5d}  refused {(~recognised(logits(x), card)).mean():7.2%}")
     return 0
 
 
