@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 import modelrepo
-from service import images, metrics, tensors
+from service import images, metrics, stats, tensors
 from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMedia, refusal
 from service.kinds import contract
@@ -27,7 +27,6 @@ from service.lifecycle import Lifecycle
 from service.registry import Registry, ServedModel
 from service.runtime import Runtime, open_session
 from service.schemas import ImageResponse, ModelInfo, RuntimeInfo
-from service.stats import ModelStats
 from service.timing import Timing
 
 if TYPE_CHECKING:
@@ -78,10 +77,10 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
     """One version from disk: verified against its card, its session warmed, its batcher and contract made."""
     started = time.perf_counter()
     session = open_session(entry, runtime)
-    stats = ModelStats()
-    run = stats.counting(session.run)
+    counted = stats.ModelStats(entry.name, entry.version)
+    run = counted.counting(session.run)
     batcher = Batcher(run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
-    model = ServedModel(entry, session, batcher, contract(entry.card), stats)
+    model = ServedModel(entry, session, batcher, contract(entry.card), counted)
     metrics.set_provider(entry.name, entry.version, session.provider)
     logger.info(
         "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",
@@ -173,7 +172,8 @@ class DataPlane:
         if name and not version:
             self.registry.get(name)  # an unknown model is refused, not answered with no rows
             models = [m for m in models if m.name == name]
-        return {"model_stats": [m.stats.to_dict(m.name, m.version) for m in models]}
+        counts = stats.totals()  # every worker's
+        return {"model_stats": [stats.to_dict(m.name, m.version, counts[m.name, m.version]) for m in models]}
 
     def metadata(self, model: ServedModel) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ SO_REUSEPORT, so the kernel spreads connections over the workers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -231,7 +232,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @_answering
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        statistics = self.plane.statistics(request.name or None, request.version or None)
+        # every worker's counters, read from their files: off the event loop
+        statistics = await asyncio.to_thread(self.plane.statistics, request.name or None, request.version or None)
         return json_format.ParseDict(statistics, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     @_answering

@@ -13,6 +13,7 @@ from typing import Any
 
 import bentoml
 
+from service import stats
 from service.errors import ServingError
 
 _LABELS = ["model", "version"]
@@ -176,7 +177,7 @@ def forget(model: str, version: str) -> None:
     """An unloaded version's series go away from this process (`UnservedSeriesFilter` hides its files' values)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multi-process mode: "removal not implemented", hence the filter
-        for metric in (ROWS, BATCH_ROWS, INFERENCE_SECONDS, PROVIDER):
+        for metric in (ROWS, BATCH_ROWS, INFERENCE_SECONDS, PROVIDER, *stats.FAMILIES):
             metric.remove_by_labels({"model": model, "version": version})
 
 

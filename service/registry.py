@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ class ServedModel:
     session: ModelSession
     batcher: Batcher
     contract: Contract
-    stats: ModelStats = field(default_factory=ModelStats)
+    stats: ModelStats
 
     @property
     def name(self) -> str:

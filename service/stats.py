@@ -1,84 +1,166 @@
 """Per-model inference statistics, as Triton's statistics extension reports them (HTTP and gRPC).
 
-Counted in each worker process for the models it serves: requests that succeeded or failed with their
-time, time queued for a batch, time in ONNX Runtime, rows inferred and ONNX Runtime calls made.
+Counted as Prometheus counters, so that every worker's requests are in the answer whichever worker gives
+it (the multi-process files BentoML's workers share, as /metrics reads them): requests that succeeded or
+failed with their time, time queued for a batch, time in ONNX Runtime, rows inferred and ONNX Runtime
+calls made. The counters are on /metrics too (`tinyserve_model_*`). A version unloaded and loaded again
+goes on from its earlier counts in this server's life, as its series on /metrics do.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import bentoml
 
 from service.timing import Timing
 
 T = TypeVar("T")
 NS = 1_000_000_000
+_LABELS = ["model", "version"]
 
-
-@dataclass
-class Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.ns += int(seconds * NS)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
+REQUESTS = bentoml.metrics.Counter(
+    name="tinyserve_model_requests_total",
+    documentation="Inference requests of a model version, every front door, by outcome (success, fail)",
+    labelnames=[*_LABELS, "outcome"],
+)
+REQUEST_SECONDS = bentoml.metrics.Counter(
+    name="tinyserve_model_request_seconds_total",
+    documentation="Their time in the data plane, from the call to the answer, by outcome",
+    labelnames=[*_LABELS, "outcome"],
+)
+QUEUE_SECONDS = bentoml.metrics.Counter(
+    name="tinyserve_model_queue_seconds_total",
+    documentation="Time successful requests waited for a batch",
+    labelnames=_LABELS,
+)
+COMPUTE_SECONDS = bentoml.metrics.Counter(
+    name="tinyserve_model_compute_seconds_total",
+    documentation="Time successful requests spent in ONNX Runtime (a merged batch's time counts for each request)",
+    labelnames=_LABELS,
+)
+INFERENCES = bentoml.metrics.Counter(
+    name="tinyserve_model_inferences_total",
+    documentation="Rows of successful requests (Triton's inference_count)",
+    labelnames=_LABELS,
+)
+EXECUTIONS = bentoml.metrics.Counter(
+    name="tinyserve_model_executions_total",
+    documentation="ONNX Runtime calls for requests: fewer than requests when the batcher merges them",
+    labelnames=_LABELS,
+)
+LAST_INFERENCE = bentoml.metrics.Gauge(
+    name="tinyserve_model_last_inference_timestamp_seconds",
+    documentation="When a model version last answered a request (Unix time)",
+    multiprocess_mode="max",  # the latest of every worker's
+    labelnames=_LABELS,
+)
+FAMILIES = (REQUESTS, REQUEST_SECONDS, QUEUE_SECONDS, COMPUTE_SECONDS, INFERENCES, EXECUTIONS, LAST_INFERENCE)
 
 
 class ModelStats:
-    def __init__(self) -> None:
-        self.success = Duration()
-        self.fail = Duration()
-        self.queue = Duration()
-        self.compute_infer = Duration()
-        self.inference_count = 0  # rows, as Triton counts each inference of a batched request
-        self.execution_count = 0  # ONNX Runtime calls: fewer than requests when the batcher merges them
-        self.last_inference_ms = 0
+    """One version's counters (children looked up once: `.labels()` per request costs more than `.inc()`)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model, self.version = model, version
+        labels = {"model": model, "version": version}
+        self._success = REQUESTS.labels(**labels, outcome="success")
+        self._fail = REQUESTS.labels(**labels, outcome="fail")
+        self._success_s = REQUEST_SECONDS.labels(**labels, outcome="success")
+        self._fail_s = REQUEST_SECONDS.labels(**labels, outcome="fail")
+        self._queue_s = QUEUE_SECONDS.labels(**labels)
+        self._compute_s = COMPUTE_SECONDS.labels(**labels)
+        self._inferences = INFERENCES.labels(**labels)
+        self._executions = EXECUTIONS.labels(**labels)
+        self._last = LAST_INFERENCE.labels(**labels)
 
     def counting(self, run: Callable[[Any], T]) -> Callable[[Any], T]:
         """`run`, counting its calls (the batcher's ONNX Runtime calls)."""
 
         def counted(x: Any) -> T:
-            self.execution_count += 1
+            self._executions.inc()
             return run(x)
 
         return counted
 
     def record(self, rows: int, seconds: float, timing: Timing, *, ok: bool) -> None:
         """One request's outcome; its queue and run phases from `timing`."""
-        self.last_inference_ms = int(time.time() * 1000)
+        self._last.set(time.time())
         if not ok:
-            self.fail.add(seconds)
+            self._fail.inc()
+            self._fail_s.inc(seconds)
             return
-        self.success.add(seconds)
-        self.inference_count += rows
-        self.queue.add(timing.phases.get("queue", 0.0))
-        self.compute_infer.add(timing.phases.get("run", 0.0))
+        self._success.inc()
+        self._success_s.inc(seconds)
+        self._inferences.inc(rows)
+        self._queue_s.inc(timing.phases.get("queue", 0.0))
+        self._compute_s.inc(timing.phases.get("run", 0.0))
 
-    def to_dict(self, name: str, version: str) -> dict[str, Any]:
-        """Triton's ModelStatistics (the HTTP JSON and the gRPC message's fields)."""
-        unmeasured = Duration(self.success.count).to_dict()  # input and output work is in the request time
-        return {
-            "name": name,
-            "version": version,
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": self.success.to_dict(),
-                "fail": self.fail.to_dict(),
-                "queue": self.queue.to_dict(),
-                "compute_input": unmeasured,
-                "compute_infer": self.compute_infer.to_dict(),
-                "compute_output": unmeasured,
-                "cache_hit": Duration().to_dict(),
-                "cache_miss": Duration().to_dict(),
+
+Totals = dict[tuple[str, str], dict[str, float]]
+_read = threading.Lock()
+
+
+def totals() -> Totals:
+    """(model, version) -> sample name (with the outcome) -> value, summed over every worker."""
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    out: Totals = defaultdict(dict)
+    with _read:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            families = multiprocess.MultiProcessCollector(None).collect()  # type: ignore[no-untyped-call]
+        else:
+            families = prometheus_client.REGISTRY.collect()
+        for family in families:
+            if not family.name.startswith("tinyserve_model_") or family.name == "tinyserve_model_provider":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.labels.get("model", ""), sample.labels.get("version", ""))
+                name = sample.name + (f"/{sample.labels['outcome']}" if "outcome" in sample.labels else "")
+                out[key][name] = out[key].get(name, 0.0) + sample.value
+    return out
+
+
+def to_dict(name: str, version: str, counts: dict[str, float]) -> dict[str, Any]:
+    """Triton's ModelStatistics (the HTTP JSON and the gRPC message's fields) from `totals()[name, version]`."""
+
+    def count(metric: str) -> int:
+        return round(counts.get(metric, 0.0))
+
+    def duration(requests: str, seconds: str) -> dict[str, int]:
+        return {"count": count(requests), "ns": round(counts.get(seconds, 0.0) * NS)}
+
+    success = count("tinyserve_model_requests_total/success")
+    unmeasured = {"count": success, "ns": 0}  # input and output work is in the request time
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": round(counts.get("tinyserve_model_last_inference_timestamp_seconds", 0.0) * 1000),
+        "inference_count": count("tinyserve_model_inferences_total"),
+        "execution_count": count("tinyserve_model_executions_total"),
+        "inference_stats": {
+            "success": duration(
+                "tinyserve_model_requests_total/success", "tinyserve_model_request_seconds_total/success"
+            ),
+            "fail": duration("tinyserve_model_requests_total/fail", "tinyserve_model_request_seconds_total/fail"),
+            "queue": {"count": success, "ns": round(counts.get("tinyserve_model_queue_seconds_total", 0.0) * NS)},
+            "compute_input": unmeasured,
+            "compute_infer": {
+                "count": success,
+                "ns": round(counts.get("tinyserve_model_compute_seconds_total", 0.0) * NS),
             },
-            "batch_stats": [],
-            "memory_usage": [],
-        }
+            "compute_output": unmeasured,
+            "cache_hit": {"count": 0, "ns": 0},
+            "cache_miss": {"count": 0, "ns": 0},
+        },
+        "batch_stats": [],
+        "memory_usage": [],
+    }

@@ -64,15 +64,15 @@ def create(plane: PlaneSource, *, server_timing: bool = False, max_body_bytes: i
             raise Unavailable("not ready")
         return {"ready": True}
 
-    @get("/v2/models/stats", summary="Inference statistics of every model (this worker's)")
+    @get("/v2/models/stats", summary="Inference statistics of every model (all workers)")
     def statistics() -> dict[str, Any]:
         return plane().statistics()
 
-    @get("/v2/models/{name}/stats", summary="Inference statistics of a model's versions (this worker's)")
+    @get("/v2/models/{name}/stats", summary="Inference statistics of a model's versions (all workers)")
     def model_statistics(name: str) -> dict[str, Any]:
         return plane().statistics(name)
 
-    @get("/v2/models/{name}/versions/{version}/stats", summary="Inference statistics of a version (this worker's)")
+    @get("/v2/models/{name}/versions/{version}/stats", summary="Inference statistics of a version (all workers)")
     def model_version_statistics(name: str, version: str) -> dict[str, Any]:
         return plane().statistics(name, version)
 

@@ -1,4 +1,5 @@
-"""Connections spread over the workers: a listening socket per worker (SO_REUSEPORT), on real servers."""
+"""Connections spread over the workers: a listening socket per worker (SO_REUSEPORT), on real servers; the
+statistics each worker answers count every worker's requests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from tests.server import Server, launch, running, stop
 
@@ -129,3 +133,62 @@ def test_a_second_server_on_the_same_port_does_not_share_it(tmp_path: Path) -> N
         assert lines[-1].startswith(f"tinyserve: refusing to start: 127.0.0.1:{port} is already in use")
         _wait_until_every_worker_listens(first)
         _assert_spread(_open_at_once(first))  # the first server still answers, on both of its workers
+
+
+def _predict_on_connections_opened_at_once(server: Server) -> dict[int, int]:
+    """One linear request on each of 32 connections opened in one burst: how many each worker holds."""
+    port = _port(server)
+    body = b'{"x": [1.0]}'
+    request = (
+        b"POST /v1/linear/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    async def burst() -> dict[int, int]:
+        connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(CONNECTIONS)))
+        try:
+            for _, writer in connections:
+                writer.write(request)
+            for reader, _ in connections:
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                assert b'"y"' in await reader.readexactly(length)
+            return {w.pid: _sockets(w, port, psutil.CONN_ESTABLISHED) for w in _workers(server)}
+        finally:
+            for _, writer in connections:
+                writer.close()
+
+    return asyncio.run(burst())
+
+
+def test_statistics_count_the_requests_of_every_worker(tmp_path: Path) -> None:
+    """Triton's statistics are the server's: whichever worker answers, over HTTP or gRPC, it counts the
+    requests every worker served (each worker counting only its own would answer about half)."""
+    with running(tmp_path / "server.log", TWO_WORKERS) as server:
+        _wait_until_every_worker_listens(server)
+
+        def stats() -> dict[str, Any]:  # a fresh connection each time: any worker may answer
+            (answer,) = httpx.get(f"{server.url}/v2/models/linear/versions/1/stats", timeout=30).json()["model_stats"]
+            return answer  # type: ignore[no-any-return]
+
+        before = stats()
+        _assert_spread(_predict_on_connections_opened_at_once(server))
+        answers = [stats() for _ in range(8)]
+        assert all(a == answers[0] for a in answers), answers
+        after = answers[0]
+        assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 32
+        assert after["inference_count"] - before["inference_count"] == 32
+        assert after["inference_stats"]["fail"] == before["inference_stats"]["fail"]
+        assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+        client = triton_grpc.InferenceServerClient(server.grpc)
+        try:
+            (over_grpc,) = client.get_inference_statistics("linear", "1", as_json=True)["model_stats"]
+        finally:
+            client.close()
+        assert int(over_grpc["inference_stats"]["success"]["count"]) == after["inference_stats"]["success"]["count"]
+        assert int(over_grpc["inference_count"]) == after["inference_count"]
