@@ -24,35 +24,24 @@ T = TypeVar("T")
 NS = 1_000_000_000
 _LABELS = ["model", "version"]
 
-REQUESTS = bentoml.metrics.Counter(
-    name="tinyserve_model_requests_total",
-    documentation="Inference requests of a model version, every front door, by outcome (success, fail)",
-    labelnames=[*_LABELS, "outcome"],
+
+def _counter(name: str, documentation: str, *labels: str) -> Any:
+    return bentoml.metrics.Counter(
+        name=f"tinyserve_model_{name}", documentation=documentation, labelnames=[*_LABELS, *labels]
+    )
+
+
+REQUESTS = _counter("requests_total", "Inference requests of a model version, every front door, by outcome", "outcome")
+REQUEST_SECONDS = _counter(
+    "request_seconds_total", "Their time in the data plane, call to answer, by outcome", "outcome"
 )
-REQUEST_SECONDS = bentoml.metrics.Counter(
-    name="tinyserve_model_request_seconds_total",
-    documentation="Their time in the data plane, from the call to the answer, by outcome",
-    labelnames=[*_LABELS, "outcome"],
+QUEUE_SECONDS = _counter("queue_seconds_total", "Time successful requests waited for a batch")
+COMPUTE_SECONDS = _counter(
+    "compute_seconds_total", "Time successful requests spent in ONNX Runtime (a merged batch's time counts for each)"
 )
-QUEUE_SECONDS = bentoml.metrics.Counter(
-    name="tinyserve_model_queue_seconds_total",
-    documentation="Time successful requests waited for a batch",
-    labelnames=_LABELS,
-)
-COMPUTE_SECONDS = bentoml.metrics.Counter(
-    name="tinyserve_model_compute_seconds_total",
-    documentation="Time successful requests spent in ONNX Runtime (a merged batch's time counts for each request)",
-    labelnames=_LABELS,
-)
-INFERENCES = bentoml.metrics.Counter(
-    name="tinyserve_model_inferences_total",
-    documentation="Rows of successful requests (Triton's inference_count)",
-    labelnames=_LABELS,
-)
-EXECUTIONS = bentoml.metrics.Counter(
-    name="tinyserve_model_executions_total",
-    documentation="ONNX Runtime calls for requests: fewer than requests when the batcher merges them",
-    labelnames=_LABELS,
+INFERENCES = _counter("inferences_total", "Rows of successful requests (Triton's inference_count)")
+EXECUTIONS = _counter(
+    "executions_total", "ONNX Runtime calls for requests: fewer than requests when batches merge them"
 )
 LAST_INFERENCE = bentoml.metrics.Gauge(
     name="tinyserve_model_last_inference_timestamp_seconds",
