@@ -17,7 +17,7 @@ import functools
 import hmac
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -30,9 +30,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service import __version__, metrics, repository_api, tensors, v2
+from service.admission import Admission
 from service.dataplane import DataPlane, V2Result, on_thread_if
-from service.errors import InvalidInput, Overloaded, ServingError, Unavailable, Unimplemented
-from service.lifecycle import Lifecycle
+from service.errors import InvalidInput, ServingError, Unimplemented
 from service.runtime import StartRefused, refuse_start
 from service.timing import Timing
 
@@ -107,32 +107,6 @@ def _unimplemented(call: str, instead: str) -> Callable[..., Awaitable[Any]]:
         raise Unimplemented(f"{call} is not served by tinyserve; {instead}")
 
     return refuse
-
-
-class Admission:
-    """The overload guard of the gRPC door: the HTTP guard's limit (TINYSERVE_MAX_CONCURRENCY) and sentences."""
-
-    def __init__(self, limit: int, lifecycle: Lifecycle) -> None:
-        self.limit = limit
-        self.lifecycle = lifecycle
-        self.in_flight = 0
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        if self.lifecycle.draining:
-            metrics.REFUSED.labels(status="503").inc()
-            raise Unavailable("the server is shutting down; send the request to another instance")
-        if self.in_flight >= self.limit:
-            metrics.REFUSED.labels(status="429").inc()
-            raise Overloaded(
-                f"server busy: {self.in_flight} requests in flight, the limit is {self.limit} "
-                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
-            )
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

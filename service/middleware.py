@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from service import metrics, openapi
+from service.admission import Admission
 from service.compat import connections
 from service.errors import envelope, normalise
 from service.lifecycle import Lifecycle
@@ -105,6 +106,7 @@ class GuardMiddleware:
         api_token: str | None = None,
         quick_ack: bool | None = None,
         plane: Callable[[], DataPlane] | None = None,  # the served models, for the per-model OpenAPI paths
+        admission: Admission | None = None,  # the worker's slots, shared with its gRPC door
     ) -> None:
         settings = settings or Settings()
         self.app = app
@@ -115,7 +117,7 @@ class GuardMiddleware:
         self.max_body_bytes_in_flight = max(settings.max_body_bytes_in_flight, self.max_body_bytes)
         self.body_timeout = settings.body_timeout
         self.request_timeout = settings.request_timeout
-        self.in_flight = 0
+        self.admission = admission or Admission(self.max_concurrency, lifecycle)
         self.body_bytes = 0  # request body bytes held now: read, or reserved for a Content-Length
         token = api_token or (settings.api_token.get_secret_value() if settings.api_token else None)
         self.token = token.encode() if token else None
@@ -182,30 +184,19 @@ class GuardMiddleware:
             if (refusal := self._overloaded(0)) is not None:
                 await _respond(send, *refusal)
                 return
-            self.in_flight += 1
-            try:
+            with self.admission.slot():
                 await self._answer(scope, _replay(body, receive), _enveloping(send, "POST", scope["path"]), send)
-            finally:
-                self.in_flight -= 1
         finally:
             self.body_bytes -= held[0]
 
     def _overloaded(self, more_bytes: int) -> Refusal | None:
         """Excess load becomes a fast 429 (or 503 while shutting down), not a growing queue."""
-        refusal: Refusal | None = None
-        if self.lifecycle.draining:
-            refusal = 503, envelope("the server is shutting down; send the request to another instance"), []
-        elif self.in_flight >= self.max_concurrency:
-            message = (
-                f"server busy: {self.in_flight} requests in flight, the limit is {self.max_concurrency} "
-                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
-            )
-            refusal = 429, envelope(message), [(b"retry-after", b"1")]
-        elif self.body_bytes + more_bytes > self.max_body_bytes_in_flight:
-            refusal = 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")]
-        if refusal is not None:
-            metrics.REFUSED.labels(status=str(refusal[0])).inc()
-        return refusal
+        if (error := self.admission.refusal()) is not None:
+            return error.status, envelope(error.message), [(b"retry-after", b"1")] if error.status == 429 else []
+        if self.body_bytes + more_bytes > self.max_body_bytes_in_flight:
+            metrics.REFUSED.labels(status="429").inc()
+            return 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")]
+        return None
 
     def _bytes_busy(self) -> str:
         return (

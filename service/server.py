@@ -16,6 +16,7 @@ from typing import Any
 import bentoml
 
 from service import compat, grpc_server, metrics, playground, repository_api, v1, v2
+from service.admission import Admission
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.errors import Unavailable
@@ -59,6 +60,7 @@ def create_service(start: StartUp) -> Any:
         compat.hold_address_per_worker(per_worker=per_worker_sockets, also=grpc_check)
         compat.watch_workers(log_exit)
     plane = PlaneHolder()
+    admission = Admission(settings.max_concurrency, LIFECYCLE)  # this worker's slots, over HTTP and gRPC
     batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
 
     @bentoml.service(
@@ -99,7 +101,7 @@ def create_service(start: StartUp) -> Any:
             if settings.grpc_port and threading.current_thread() is threading.main_thread():
                 self.grpc = grpc_server.create(
                     self.plane,
-                    admission=grpc_server.Admission(settings.max_concurrency, LIFECYCLE),
+                    admission=admission,
                     max_message_bytes=settings.max_body_bytes,
                     token=settings.api_token.get_secret_value() if settings.api_token else None,
                 )
@@ -123,6 +125,7 @@ def create_service(start: StartUp) -> Any:
         lifecycle=LIFECYCLE,
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
+        admission=admission,
     )
     TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
         FastPath, plane=plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes

@@ -26,8 +26,11 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from service import grpc_server
+from service.admission import Admission
 from service.dataplane import DataPlane
 from service.errors import ServingError
+from service.fastpath import FastPath
+from service.middleware import GuardMiddleware
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "s3cret"
@@ -40,7 +43,7 @@ class Door:
     address: str
     stub: Any
     channel: grpc.Channel
-    admission: grpc_server.Admission
+    admission: Admission
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def door(plane: DataPlane) -> Iterator[Door]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    admission = grpc_server.Admission(2, plane.lifecycle)
+    admission = Admission(2, plane.lifecycle)
 
     async def start() -> tuple[Any, int]:
         server = grpc_server.create(plane, admission=admission, max_message_bytes=MAX_MESSAGE, token=TOKEN)
@@ -329,6 +332,30 @@ def test_health_names_the_inference_service_and_reflection_lists_the_services(do
         "grpc.reflection.v1alpha.ServerReflection",
         "inference.GRPCInferenceService",
     ]
+
+
+def test_http_and_grpc_draw_on_the_same_slots(door: Door, plane: DataPlane) -> None:
+    """One limit per worker over both doors (server.py hands the guard and the gRPC door one Admission):
+    requests in flight on gRPC leave HTTP only what is left of it."""
+
+    async def elsewhere(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan", f"{scope['path']} is a fast-path route"
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    guarded = GuardMiddleware(
+        FastPath(elsewhere, plane=lambda: plane), lifecycle=plane.lifecycle, admission=door.admission
+    )
+    with TestClient(guarded) as http, door.admission():  # one of the 2 slots held by a gRPC call
+        assert http.post("/v1/linear/predict", json={"x": [1.0]}).status_code == 200
+        with door.admission():  # and the other
+            refused = http.post("/v1/linear/predict", json={"x": [1.0]})
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+    assert refused.json()["error"] == (
+        "server busy: 2 requests in flight, the limit is 2 (TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
+    )
+    assert door.admission.in_flight == 0
 
 
 def test_overload_is_resource_exhausted_and_draining_unavailable(door: Door, plane: DataPlane) -> None:

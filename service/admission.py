@@ -1,0 +1,53 @@
+"""One worker's overload guard, shared by its front doors: HTTP and gRPC draw on the same slots.
+
+TINYSERVE_MAX_CONCURRENCY is a worker's limit on model requests in flight, whichever door they came in
+by: a client that fills it over HTTP gets RESOURCE_EXHAUSTED on gRPC too, and the other way round (two
+counters would let a client hold twice the limit). While the worker drains, both doors refuse new work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from service import metrics
+from service.errors import Overloaded, ServingError, Unavailable
+from service.lifecycle import Lifecycle
+
+
+class Admission:
+    def __init__(self, limit: int, lifecycle: Lifecycle) -> None:
+        self.limit = limit
+        self.lifecycle = lifecycle
+        self.in_flight = 0
+
+    def refusal(self) -> ServingError | None:
+        """Why a new request may not start now (counted on /metrics), or None."""
+        error: ServingError | None = None
+        if self.lifecycle.draining:
+            error = Unavailable("the server is shutting down; send the request to another instance")
+        elif self.in_flight >= self.limit:
+            error = Overloaded(
+                f"server busy: {self.in_flight} requests in flight, the limit is {self.limit} "
+                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
+            )
+        if error is not None:
+            metrics.REFUSED.labels(status=str(error.status)).inc()
+        return error
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for the request's time (the caller checked `refusal()` first)."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        """A slot, or the refusal raised."""
+        if (error := self.refusal()) is not None:
+            raise error
+        with self.slot():
+            yield
