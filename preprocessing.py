@@ -70,8 +70,8 @@ THIN, GROW = 4, 8  # how far a stroke may be thinned or grown, in pixels of WORK
 # (The stroke is still chosen by its ink within 0.5: within 0.1, a stroke thinned to a faint remnant
 # would pass for a digit.)
 FRAME = 0.1
-# Training's redrawn digits were made framed at 0.5 (training/lenet.py): kept there so that `make train`
-# gives the committed model's bytes.
+# Training's redrawn digits are framed at 0.5 (training/lenet.py): LeNet trained on them framed at 0.1 read
+# fewer drawn and typed digits (94.3% and 98.3%, against 95.5% and 99.6%) and refused fewer letters.
 TRAINED_FRAME = 0.5
 
 
