@@ -416,7 +416,7 @@ def test_errors_are_shown_in_the_servers_words_and_the_page_goes_on(
         assert all(REFUSED.match(m) for m in visit.console), visit.console  # the refusals themselves, nothing else
 
 
-def test_a_scribble_is_not_called_a_digit(desktop: Visit, http: httpx.Client) -> None:
+def test_a_scribble_or_a_letter_is_not_called_a_digit(desktop: Visit, http: httpx.Client) -> None:
     spiral = [(140 + r * math.cos(r / 8), 140 + r * math.sin(r / 8)) for r in range(0, 110, 2)]
     pad = Image.new("L", (handmade.PAD, handmade.PAD), 255)
     ImageDraw.Draw(pad).line(spiral, fill=17, width=18, joint="curve")
@@ -432,6 +432,10 @@ def test_a_scribble_is_not_called_a_digit(desktop: Visit, http: httpx.Client) ->
     assert page.text_content("#glance-pct") == "not a digit"
     assert axe_violations(page) == []
     desktop.screenshot("lenet-not-a-digit")
+    page.click("#clear")
+    _draw(page, [np.array([(70, 50), (210, 230)]), np.array([(210, 50), (70, 230)])])  # a letter X: no "8"
+    page.wait_for_selector("#digit[data-label]")
+    assert page.text_content("#digit") == "That does not look like a digit."
 
 
 def test_a_token_protected_server_and_the_status_chip_that_follows_it(browser: Browser, token_server: Server) -> None:

@@ -340,7 +340,7 @@ def test_http_and_grpc_draw_on_the_same_slots(door: Door, plane: DataPlane) -> N
 
     async def elsewhere(scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan", f"{scope['path']} is a fast-path route"
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
 
