@@ -742,6 +742,14 @@
     n: "rows",
     recognition: "when an image counts as a digit",
     test_recognised: "held-out digits counted as digits",
+    letters_refused: "unseen letters refused (those not written like a digit)",
+    scribbles_refused: "unseen scribbles refused",
+    not_digits_per_batch: "letters and scribbles per batch",
+    not_digit_weight: "weight of the not-a-digit loss",
+    digit_energy: "a digit's log-sum-exp of logits, at least",
+    not_digit_energy: "the others', at most",
+    letter_sizes: "sizes of each letter",
+    scribbles: "scribbles drawn for training",
   };
   const VALUES = { max_logit: "the largest logit reaches the threshold" };
   const readable = (key) => READABLE[key] || key.replace(/_/g, " ");
