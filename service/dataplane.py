@@ -77,10 +77,8 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
     """One version from disk: verified against its card, its session warmed, its batcher and contract made."""
     started = time.perf_counter()
     session = open_session(entry, runtime)
-    counted = stats.ModelStats(entry.name, entry.version)
-    run = counted.counting(session.run)
-    batcher = Batcher(run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
-    model = ServedModel(entry, session, batcher, contract(entry.card), counted)
+    batcher = Batcher(session.run, enabled=batching.enabled, max_rows=batching.max_rows, max_wait_s=batching.max_wait_s)
+    model = ServedModel(entry, session, batcher, contract(entry.card), stats.ModelStats(entry.name, entry.version))
     metrics.set_provider(entry.name, entry.version, session.provider)
     logger.info(
         "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",

@@ -73,7 +73,7 @@ class ServedModel:
             ok = True
             return out
         finally:
-            self.stats.record(len(x), time.perf_counter() - started, timing, ok=ok)
+            self.stats.record(time.perf_counter() - started, timing, ok=ok)
 
 
 class Registry:
