@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 
 from service import compat
+from tests.fast.serving import uvicorn_serving
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -77,20 +78,8 @@ class _Probe:
 @pytest.fixture
 def uvicorn_server() -> Iterator[tuple[int, _Probe]]:
     probe = _Probe()
-    config = uvicorn.Config(
-        probe, host="127.0.0.1", port=0, loop="uvloop", http="httptools", lifespan="off", log_level="error"
-    )
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)  # connections wait in the backlog until uvicorn serves the socket
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1], probe
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with uvicorn_serving(probe) as port:
+        yield port, probe
 
 
 @pytest.mark.timeout(30)
@@ -130,22 +119,12 @@ def test_serve_first_hands_the_requests_front_picks_to_its_app(monkeypatch: pyte
     hot = _answering("front")
     compat.serve_first(lambda scope: hot if scope["type"] == "http" and scope["path"].startswith("/hot") else None)
     compat.serve_first(lambda scope: None)  # once per process: a second call changes nothing
-    config = uvicorn.Config(_answering("loaded"), loop="uvloop", http="httptools", lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        answers = []
+    answers = []
+    with uvicorn_serving(_answering("loaded")) as port:
         for path in ("/hot/predict", "/elsewhere"):
-            with socket.create_connection(sock.getsockname(), timeout=10) as client:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
                 client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
                 answers.append(b"".join(iter(lambda: client.recv(4096), b"")).split(b"\r\n\r\n", 1)[1])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert answers == [b"front /hot/predict", b"loaded /elsewhere"]
 
 

@@ -14,10 +14,10 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http import auto, httptools_impl
 
 from service.compat import connections
+from tests.fast.serving import uvicorn_serving
 
 pytestmark = pytest.mark.timeout(60)
 LIMITS = connections.Limits(header_timeout=0.5, idle_timeout=0.5, max_header_bytes=1024, write_timeout=0.5)
@@ -39,20 +39,10 @@ def port() -> Iterator[int]:
     assert connections.install(LIMITS).startswith(
         "connections: idle 0.5 s, headers within 0.5 s and 1024 bytes, reading stalled at most 0.5 s"
     )
-    config = uvicorn.Config(
-        _hello, host="127.0.0.1", port=0, loop="uvloop", http="httptools", lifespan="off", log_level="error"
-    )
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        yield sock.getsockname()[1]
+        with uvicorn_serving(_hello, backlog=64) as serving:
+            yield serving
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         connections.install(defaults)  # the hooks stay for this process: with the service's limits
 
 
