@@ -111,7 +111,7 @@ train: $(VENV)/.all  ## retrain and re-export all four models into models/
 
 bench: $(VENV)/.all peers  ## measure serving and its scaling over worker/thread shapes, then against the frameworks (bench-peers)
 	$(BIN)/python -m benchmarks $(ARGS)
-	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.overhead --layers
 	$(BIN)/python -m benchmarks.peers $(ARGS)
 	$(BIN)/python -m benchmarks.roll  # requests/s and p99 while versions are loaded and unloaded, against none
 

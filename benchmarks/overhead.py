@@ -3,9 +3,10 @@
 The whole service's ASGI app (BentoML's, with the guard and every front door) is driven in this process,
 request after request, with no socket and no load generator: what remains is the CPU each request costs
 the server's worker above `session.run` itself, measured in process CPU time (not wall time), so a busy
-machine changes it little. `--profile` prints the typed route's top functions (cProfile).
+machine changes it little. `--profile` prints the typed route's top functions (cProfile); `--layers`
+the typed route's CPU from each layer of the app inward (what each layer in front of the guard costs).
 
-    python -m benchmarks.overhead [--requests N] [--profile]
+    python -m benchmarks.overhead [--requests N] [--profile] [--layers]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import cProfile
 import json
 import pstats
+import statistics
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -88,7 +90,40 @@ async def _call(app: App, path: str, body: bytes, headers: list[tuple[bytes, byt
     return status
 
 
-async def _measure(requests: int, profile: bool) -> list[dict[str, Any]]:
+def _layers(app: Any) -> list[tuple[str, Any]]:
+    """The app's ASGI layers, outermost first (each one's next is its `middleware_stack` or `app`)."""
+    layers, node = [], app
+    while node is not None and len(layers) < 32:
+        layers.append((type(node).__name__, node))
+        node = next(
+            (getattr(node, a) for a in ("middleware_stack", "app") if getattr(node, a, None) not in (None, node)), None
+        )
+    return layers
+
+
+async def _per_layer(app: Any, requests: int) -> None:
+    """The typed route's CPU per request entered at each layer, medians of 5 interleaved rounds."""
+    path, body, headers, _ = _requests()["typed JSON (/v1/lenet/predict)"]
+    chain = [(n, layer) for n, layer in _layers(app) if n != "ExceptionMiddleware"][:8]
+    times: dict[str, list[float]] = {name: [] for name, _ in chain}
+    for _ in range(5):
+        for name, layer in chain:
+            for _ in range(50):
+                await _call(layer, path, body, headers)
+            started = time.process_time()
+            for _ in range(requests):
+                if await _call(layer, path, body, headers) != 200:
+                    times.pop(name, None)  # past the fast path: this layer does not serve the route alone
+                    break
+            else:
+                times[name].append((time.process_time() - started) / requests * 1e6)
+    print("| typed request entered at | CPU per request, us |\n|---|---|")
+    for name, measured in times.items():
+        if measured:
+            print(f"| {name} | {statistics.median(measured):.0f} |")
+
+
+async def _measure(requests: int, profile: bool, layers: bool = False) -> list[dict[str, Any]]:
     service = create_service(start_up(Settings(workers=1, threads=1), serving=False))
     app = service.to_asgi()
     events: asyncio.Queue[Message] = asyncio.Queue()
@@ -112,6 +147,8 @@ async def _measure(requests: int, profile: bool) -> list[dict[str, Any]]:
             session.run(None, {"x": x})
         run = (time.process_time() - started) / requests
         rows.append({"route": name, "request_us": served * 1e6, "onnxruntime_us": run * 1e6})
+    if layers:
+        await _per_layer(app, max(200, requests // 4))
     if profile:
         path, body, headers, _ = _requests()["typed JSON (/v1/lenet/predict)"]
         profiler = cProfile.Profile()
@@ -149,8 +186,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per route (default: 2000)")
     parser.add_argument("--profile", action="store_true", help="print the typed route's profile")
+    parser.add_argument("--layers", action="store_true", help="print the typed route's CPU from each layer inward")
     args = parser.parse_args()
-    print(table(uvloop.run(_measure(args.requests, args.profile))))  # the event loop BentoML's workers run
+    print(table(uvloop.run(_measure(args.requests, args.profile, args.layers))))  # the event loop BentoML's workers run
 
 
 if __name__ == "__main__":
