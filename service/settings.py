@@ -39,7 +39,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_concurrency: int = Field(
-        256, ge=1, description="model requests in flight per worker; more are answered 429 with Retry-After"
+        256,
+        ge=1,
+        description="model requests in flight per worker, HTTP and gRPC together; more are answered 429 with "
+        "Retry-After",
     )
     drain_seconds: float = Field(2.0, ge=0, description="on SIGTERM: seconds of 503 readiness before connections close")
     quick_ack: bool = Field(
