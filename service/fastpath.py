@@ -30,23 +30,6 @@ PREDICT = re.compile(r"^/v1/([^/]+)/predict$")
 INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
-class Front:
-    """This worker's guard, once BentoML has built its app (the guard binds itself): the requests FastPath
-    answers are handed to it ahead of BentoML's own layers (service.compat.serve_first)."""
-
-    def __init__(self) -> None:
-        self.guard: ASGIApp | None = None
-
-    def bind(self, guard: ASGIApp) -> None:
-        self.guard = guard
-
-    def __call__(self, scope: Scope) -> ASGIApp | None:
-        if self.guard is None or scope["type"] != "http" or scope["method"] != "POST":
-            return None
-        path = scope["path"]
-        return self.guard if PREDICT.match(path) or INFER.match(path) else None
-
-
 class FastPath:
     def __init__(
         self,

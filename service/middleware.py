@@ -26,7 +26,6 @@ from service import metrics, openapi
 from service.admission import Admission
 from service.compat import connections
 from service.errors import envelope, normalise
-from service.fastpath import Front
 from service.lifecycle import Lifecycle
 from service.settings import Settings, auth_summary
 
@@ -108,7 +107,6 @@ class GuardMiddleware:
         quick_ack: bool | None = None,
         plane: Callable[[], DataPlane] | None = None,  # the served models, for the per-model OpenAPI paths
         admission: Admission | None = None,  # the worker's slots, shared with its gRPC door
-        front: Front | None = None,  # where the hot routes come in first (service.compat.serve_first)
     ) -> None:
         settings = settings or Settings()
         self.app = app
@@ -131,8 +129,6 @@ class GuardMiddleware:
         )
         logger.info(auth_summary(settings))
         logger.info(connections.install(limits))  # built on the lifespan call: before any connection
-        if front is not None:
-            front.bind(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -20,7 +20,7 @@ from service.admission import Admission
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.errors import Unavailable
-from service.fastpath import FastPath, Front
+from service.fastpath import FastPath
 from service.lifecycle import LIFECYCLE, log_exit
 from service.middleware import GuardMiddleware
 from service.registry import Registry
@@ -60,9 +60,6 @@ def create_service(start: StartUp) -> Any:
         compat.hold_address_per_worker(per_worker=per_worker_sockets, also=grpc_check)
         compat.watch_workers(log_exit)
     plane = PlaneHolder()
-    front = Front()  # the guard, first for the hot routes where no BentoML layer is wanted in front of it
-    if fenced and compat.worker_fd() is not None and not settings.tracing and not settings.access_log:
-        compat.serve_first(front)  # in a worker, before its uvicorn starts
     admission = Admission(settings.max_concurrency, LIFECYCLE)  # this worker's slots, over HTTP and gRPC
     batching = Batching(settings.batching, settings.max_batch_rows, settings.max_latency_ms / 1000)
 
@@ -129,7 +126,6 @@ def create_service(start: StartUp) -> Any:
         quick_ack=fenced and settings.quick_ack,
         plane=plane,
         admission=admission,
-        front=front,
     )
     TinyServe.add_asgi_middleware(  # type: ignore[attr-defined]
         FastPath, plane=plane, server_timing=settings.server_timing, max_body_bytes=settings.max_body_bytes

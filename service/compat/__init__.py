@@ -48,17 +48,12 @@ BentoML 1.4, its circus arbiter and uvicorn offer no public way to do these thin
    due, and that is where both are found. Where it is not (another server, or `receive` wrapped by another
    middleware), nothing changes.
 
-3. The hot routes straight to the guard (`serve_first`): a typed predict or V2 infer request skips the
-   layers BentoML puts in front of every request (Starlette's error page, OpenTelemetry, a task and a
-   timer per request for BentoML's timeout): a tenth of the server's CPU per request. Only where tracing
-   and BentoML's access log are off (their layers would be skipped too).
-
-They lean on private names: `bentoml._internal.utils.circus.create_standalone_arbiter`, the circus socket's
-`bind_and_listen`, the socket name `_bento_api_server`, BentoML's worker argv (`--fd`, `--backlog`),
+Both lean on private names: `bentoml._internal.utils.circus.create_standalone_arbiter`, the circus socket's
+`bind_and_listen`, the socket name `_bento_api_server`, BentoML's worker argv (`--fd`, `--backlog`), and
 uvicorn's request cycle (`receive.__self__`, `.transport`, `.more_body`) behind BentoML's middleware
-closures, and uvicorn's `Config.load` and `loaded_app`. `check()` runs at start: where the installed versions
-are not the ones below, all three are off (BentoML's shared socket, the kernel's ACKs and BentoML's layers
-still work) and one line says so; tests/fast/test_compat.py fails loudly on an upgrade that breaks them.
+closures. `check()` runs at start: where the installed versions are not the ones below, both are turned
+off (BentoML's shared socket and the kernel's ACKs still work) and one line says so;
+tests/fast/test_compat.py fails loudly on an upgrade that breaks them.
 """
 
 from __future__ import annotations
@@ -98,8 +93,7 @@ def check() -> bool:
     differ = mismatches()
     if differ and worker_fd() is None:  # the server process says it, not each worker again
         logger.warning(
-            "compat: %s: one socket per worker, prompt ACKs and the guard first are off "
-            "(BentoML's shared socket and layers are used)",
+            "compat: %s: one socket per worker and prompt ACKs are off (BentoML's shared socket is used)",
             ", ".join(differ),
         )
     return not differ
@@ -301,42 +295,3 @@ class QuickAck:
             return await receive()
 
         return acknowledging
-
-
-# -- 3. the hot routes straight to the guard
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Receive, Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
-
-
-def serve_first(front: Callable[[Scope], ASGIApp | None]) -> None:
-    """Hand each request that `front` picks to the app it returns, ahead of uvicorn's loaded app.
-
-    In front of the guard, every request passes uvicorn's proxy-headers wrapper and BentoML's Starlette app:
-    Starlette's error page, OpenTelemetry (even with every URL excluded) and BentoML's traffic timeout, which
-    makes a task, a future and a 30 s timer per request (never cancelled). Measured on a typed LeNet
-    request: in process 330 us of CPU through all of it, 240 us from the guard on; served (2 workers x 1
-    thread, 8,000 requests at c=32, the server's CPU over its processes) 300-311 us a request, against
-    329-356 us through BentoML's layers. The guard does what those
-    layers do for the routes it answers itself (its deadline, its refusals). BentoML offers no place
-    before its own layers, and its service config needs a timeout; uvicorn's `Config.load` makes the app
-    it serves: wrapped there, once per process, in each worker before uvicorn starts.
-    """
-    import uvicorn.config
-
-    load = uvicorn.config.Config.load
-    if getattr(load, "serves_first", False):
-        return
-
-    def loading(config: Any) -> None:
-        load(config)
-        app = config.loaded_app
-
-        async def first(scope: Scope, receive: Receive, send: Any) -> None:
-            await (front(scope) or app)(scope, receive, send)
-
-        config.loaded_app = first
-        logger.info("hot routes: typed predict and V2 infer go to the guard first, ahead of BentoML's layers")
-
-    loading.serves_first = True  # type: ignore[attr-defined]
-    uvicorn.config.Config.load = loading  # type: ignore[method-assign,assignment]

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
-import uvicorn
 
 from service import compat
 from tests.fast.serving import uvicorn_serving
@@ -101,45 +100,3 @@ def test_off_leaves_receive_alone() -> None:
         return {"type": "http.disconnect"}
 
     assert compat.QuickAck(enabled=False)(receive) is receive
-
-
-def _answering(text: str) -> Callable[..., Awaitable[None]]:
-    async def app(scope: MutableMapping[str, Any], receive: Receive, send: Any) -> None:
-        body = f"{text} {scope['path']}".encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
-
-
-@pytest.mark.timeout(30)
-def test_serve_first_hands_the_requests_front_picks_to_its_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """uvicorn's loaded app still answers the rest: only what `front` picks skips it."""
-    monkeypatch.setattr(uvicorn.config.Config, "load", uvicorn.config.Config.load)  # put back after the test
-    hot = _answering("front")
-    compat.serve_first(lambda scope: hot if scope["type"] == "http" and scope["path"].startswith("/hot") else None)
-    compat.serve_first(lambda scope: None)  # once per process: a second call changes nothing
-    answers = []
-    with uvicorn_serving(_answering("loaded")) as port:
-        for path in ("/hot/predict", "/elsewhere"):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-                client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                answers.append(b"".join(iter(lambda: client.recv(4096), b"")).split(b"\r\n\r\n", 1)[1])
-    assert answers == [b"front /hot/predict", b"loaded /elsewhere"]
-
-
-def test_front_picks_the_fast_path_s_requests_once_the_guard_is_bound() -> None:
-    from service.fastpath import Front
-
-    front = Front()
-    predict = {"type": "http", "method": "POST", "path": "/v1/lenet/predict"}
-    assert front(predict) is None  # no guard yet (the worker is starting): BentoML's app answers
-    guard = _answering("guard")
-    front.bind(guard)
-    assert front(predict) is guard
-    assert front(predict | {"path": "/v2/models/lenet/infer"}) is guard
-    assert front(predict | {"path": "/v2/models/lenet/versions/1/infer"}) is guard
-    assert front(predict | {"method": "GET"}) is None  # the fast path's 405 is BentoML's app's to route
-    assert front(predict | {"path": "/v1/lenet/predict-image"}) is None
-    assert front(predict | {"path": "/v2/repository/index"}) is None
-    assert front({"type": "lifespan"}) is None
