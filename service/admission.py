@@ -29,7 +29,8 @@ class Admission:
         elif self.in_flight >= self.limit:
             error = Overloaded(
                 f"server busy: {self.in_flight} requests in flight, the limit is {self.limit} "
-                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s"
+                "(TINYSERVE_MAX_CONCURRENCY); retry after 1 s",
+                headers={"retry-after": "1"},
             )
         if error is not None:
             metrics.REFUSED.labels(status=str(error.status)).inc()

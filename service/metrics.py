@@ -13,7 +13,6 @@ from typing import Any
 
 import bentoml
 
-from service import stats
 from service.errors import ServingError
 
 _LABELS = ["model", "version"]
@@ -46,6 +45,32 @@ REFUSED = bentoml.metrics.Counter(
     documentation="Model requests the guard answered itself, before any queue: 429 overload, 503 shutting down",
     labelnames=["status"],
 )
+
+# Each request of a model version, every front door (with the per-call series above: Triton's statistics,
+# service/stats.py)
+MODEL_REQUESTS = bentoml.metrics.Counter(
+    name="tinyserve_model_requests_total",
+    documentation="Inference requests of a model version, every front door, by outcome (success, fail)",
+    labelnames=[*_LABELS, "outcome"],
+)
+MODEL_REQUEST_SECONDS = bentoml.metrics.Counter(
+    name="tinyserve_model_request_seconds_total",
+    documentation="Their time in the data plane, from the call to the answer, by outcome",
+    labelnames=[*_LABELS, "outcome"],
+)
+MODEL_QUEUE_SECONDS = bentoml.metrics.Counter(
+    name="tinyserve_model_queue_seconds_total",
+    documentation="Time successful requests waited for a batch",
+    labelnames=_LABELS,
+)
+MODEL_LAST_INFERENCE = bentoml.metrics.Gauge(
+    name="tinyserve_model_last_inference_timestamp_seconds",
+    documentation="When a model version last answered a request (Unix time)",
+    multiprocess_mode="max",  # the latest of every worker's
+    labelnames=_LABELS,
+)
+
+MODEL_FAMILIES = (MODEL_REQUESTS, MODEL_REQUEST_SECONDS, MODEL_QUEUE_SECONDS, MODEL_LAST_INFERENCE)
 
 INFER_REQUESTS = bentoml.metrics.Counter(
     name="tinyserve_infer_requests_total",
@@ -155,29 +180,44 @@ def observe_request(path: str, method: str, status: int, seconds: float) -> None
 _scrape = threading.Lock()
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every worker's metrics (BentoML's and ours) in Prometheus' text format, and its content type.
+def _every_worker() -> Any:
+    """The registry with every worker's series where BentoML's workers share files, else this process's.
 
     prometheus_client directly, as bentoml.metrics advises; imported here, once PROMETHEUS_MULTIPROC_DIR is
-    set in the worker. One scrape at a time per worker: a scraper that asks twice waits, it does not double
-    the work.
+    set in the worker.
     """
     import prometheus_client
     from prometheus_client import multiprocess
 
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return prometheus_client.REGISTRY
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every worker's metrics (BentoML's and ours) in Prometheus' text format, and its content type.
+
+    One scrape at a time per worker: a scraper that asks twice waits, it does not double the work.
+    """
+    import prometheus_client
+
     with _scrape:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = prometheus_client.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
-        return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(_every_worker()), prometheus_client.CONTENT_TYPE_LATEST
+
+
+def samples(names: set[str]) -> list[Any]:
+    """Every worker's samples of these names (summed over the workers by prometheus_client), one read at a time."""
+    with _scrape:
+        return [sample for family in _every_worker().collect() for sample in family.samples if sample.name in names]
 
 
 def forget(model: str, version: str) -> None:
     """An unloaded version's series go away from this process (`UnservedSeriesFilter` hides its files' values)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multi-process mode: "removal not implemented", hence the filter
-        for metric in (ROWS, BATCH_ROWS, INFERENCE_SECONDS, PROVIDER, *stats.FAMILIES):
+        for metric in (ROWS, BATCH_ROWS, INFERENCE_SECONDS, PROVIDER, *MODEL_FAMILIES):
             metric.remove_by_labels({"model": model, "version": version})
 
 

@@ -192,7 +192,7 @@ class GuardMiddleware:
     def _overloaded(self, more_bytes: int) -> Refusal | None:
         """Excess load becomes a fast 429 (or 503 while shutting down), not a growing queue."""
         if (error := self.admission.refusal()) is not None:
-            return error.status, envelope(error.message), [(b"retry-after", b"1")] if error.status == 429 else []
+            return error.status, envelope(error.message), [(k.encode(), v.encode()) for k, v in error.headers.items()]
         if self.body_bytes + more_bytes > self.max_body_bytes_in_flight:
             metrics.REFUSED.labels(status="429").inc()
             return 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")]

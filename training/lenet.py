@@ -9,7 +9,7 @@ scribbles, with their logits held low, so that the card's rule can answer "that 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,31 +128,36 @@ def printed(recipe: Recipe, rng: np.random.Generator) -> tuple[torch.Tensor, tor
     """Digits in the serif, sans and typewriter faces matplotlib ships besides DejaVu (never DejaVu: the
     card and the tests read DejaVu). They carry the shapes scikit-learn's writers did not use: a "1"
     with a foot, a "7" without a bar."""
-    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     x, y = [], []
-    for face in PRINTED_FACES:
-        for size in np.linspace(36, 52, recipe.printed):
-            font = ImageFont.truetype(str(font_dir / f"{face}.ttf"), int(size))
-            for digit in range(10):
-                glyph = Image.new("L", (64, 64), 0)
-                ImageDraw.Draw(glyph).text((32, 32), str(digit), fill=255, font=font, anchor="mm")
-                x.append(another_hand(np.asarray(glyph, dtype=np.float32) / 255.0, recipe, rng))
-                y.append(digit)
+    for font in _printed_fonts(recipe.printed):
+        for digit in range(10):
+            x.append(another_hand(_glyph(font, str(digit)), recipe, rng))
+            y.append(digit)
     return torch.from_numpy(np.stack(x)[:, None]), torch.tensor(y)
+
+
+def _printed_fonts(sizes: int) -> Iterator[ImageFont.FreeTypeFont]:
+    """Each face of PRINTED_FACES (matplotlib's files) at `sizes` sizes from 36 to 52 pixels."""
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for face in PRINTED_FACES:
+        for size in np.linspace(36, 52, sizes):
+            yield ImageFont.truetype(str(font_dir / f"{face}.ttf"), int(size))
+
+
+def _glyph(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
+    """`text` in `font`, white on black, centred on a 64x64 canvas, in [0, 1]."""
+    glyph = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(glyph).text((32, 32), text, fill=255, font=font, anchor="mm")
+    return np.asarray(glyph, dtype=np.float32) / 255.0
 
 
 def not_digits(recipe: Recipe, rng: np.random.Generator) -> torch.Tensor:
     """Shapes that are no digit, as another hand would make them: letters not shaped like a digit in the
     faces of PRINTED_FACES (never DejaVu: the card and the tests measure on DejaVu), then scribbles."""
-    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     shapes = []
-    for face in PRINTED_FACES:
-        for size in np.linspace(36, 52, recipe.letter_sizes):
-            font = ImageFont.truetype(str(font_dir / f"{face}.ttf"), int(size))
-            for letter in (c for c in handmade.LETTERS if c not in handmade.DIGIT_LIKE):
-                glyph = Image.new("L", (64, 64), 0)
-                ImageDraw.Draw(glyph).text((32, 32), letter, fill=255, font=font, anchor="mm")
-                shapes.append(another_hand(np.asarray(glyph, dtype=np.float32) / 255.0, recipe, rng))
+    for font in _printed_fonts(recipe.letter_sizes):
+        for letter in (c for c in handmade.LETTERS if c not in handmade.DIGIT_LIKE):
+            shapes.append(another_hand(_glyph(font, letter), recipe, rng))
     for _ in range(recipe.scribbles):
         pad = Image.new("L", (64, 64), 0)
         pen = int(rng.integers(2, 8))
