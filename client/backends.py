@@ -190,6 +190,7 @@ class RemoteBackend:
         token: str | None = None,
         http: httpx.Client | None = None,
         grpc_port: int = 8001,
+        connections: int = 1,  # gRPC connections: as many as requests in flight, spread over the server's workers
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.owned = http is None  # a client handed in (e.g. one bound to an app in process) stays its owner's
@@ -202,7 +203,9 @@ class RemoteBackend:
         self._send.retry.backoff = backoff  # type: ignore[attr-defined]
         self.rpc: GrpcTransport | None = None
         if protocol == "grpc":  # the card still comes over HTTP: the protocol's metadata has no task or rule
-            self.rpc = GrpcTransport(f"{self.http.base_url.host}:{grpc_port}", timeout=timeout, token=token)
+            self.rpc = GrpcTransport(
+                f"{self.http.base_url.host}:{grpc_port}", timeout=timeout, token=token, connections=connections
+            )
             self._infer_rpc = retrying(self.rpc.infer)
             self._infer_rpc.retry.backoff = backoff  # type: ignore[attr-defined]
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,14 @@ class RpcFailed(RuntimeError):
 
 
 class GrpcTransport:
-    """ModelInfer on one channel (thread-safe: the scorer's threads share it), raw tensors both ways."""
+    """ModelInfer over `connections` channels, taken in turn by the scorer's threads; raw tensors both ways.
 
-    def __init__(self, address: str, *, timeout: float, token: str | None) -> None:
+    Each channel is a TCP connection of its own (a local subchannel pool: gRPC would otherwise share one
+    connection among channels to the same address), and a connection is served by one worker of the server
+    (each worker listens on the port with SO_REUSEPORT): one connection would keep every request on one worker.
+    """
+
+    def __init__(self, address: str, *, timeout: float, token: str | None, connections: int = 1) -> None:
         try:
             import grpc
             from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -31,9 +37,14 @@ class GrpcTransport:
             raise RuntimeError("--protocol grpc needs grpcio and tritonclient: pip install 'tinyserve[triton]'") from e
         self.grpc: Any = grpc
         self.pb: Any = service_pb2
-        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(address, options=unlimited)  # the server's limit is the one that counts
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        options = [
+            ("grpc.max_send_message_length", -1),  # the server's limit is the one that counts
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.use_local_subchannel_pool", 1),  # a connection per channel
+        ]
+        self.channels = [grpc.insecure_channel(address, options=options) for _ in range(connections)]
+        self.stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in self.channels]
+        self._turn = itertools.count()  # next() on it is atomic under the GIL: threads share it
         self.address = address
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -44,11 +55,13 @@ class GrpcTransport:
         request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
         request.outputs.add(name=output)
         try:
-            response = self.stub.ModelInfer(request, timeout=self.timeout, metadata=self.metadata)
+            stub = self.stubs[next(self._turn) % len(self.stubs)]
+            response = stub.ModelInfer(request, timeout=self.timeout, metadata=self.metadata)
         except self.grpc.RpcError as e:
             raise RpcFailed(e.code().name, e.details() or "no details") from None
         (described,) = response.outputs
         return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(list(described.shape))
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()

@@ -101,6 +101,7 @@ class Scorer:
                     token=self.token,
                     http=self.http,
                     grpc_port=self.grpc_port,
+                    connections=self.concurrency,
                 )
             else:
                 raise ValueError("give a server --url, or --local to score in process")

@@ -129,15 +129,15 @@ def _typed(tensor: Any) -> np.ndarray | None:
     return None
 
 
-def _size(request: Any) -> int:
+def _size(request: Any, raw: list[bytes]) -> int:
     """About how many bytes a request's tensors hold (typed values counted at 4 bytes)."""
     typed = sum(len(getattr(t.contents, CONTENTS.get(t.datatype, "fp32_contents"))) for t in request.inputs)
-    return sum(len(r) for r in request.raw_input_contents) + 4 * typed
+    return sum(len(r) for r in raw) + 4 * typed
 
 
-def to_v2(request: Any) -> tuple[tensors.InferenceRequest, memoryview]:
-    """A ModelInferRequest as the V2 request the HTTP route decodes: raw contents become its binary part."""
-    raw = list(request.raw_input_contents)
+def to_v2(request: Any, raw: list[bytes]) -> tuple[tensors.InferenceRequest, memoryview]:
+    """A ModelInferRequest (and its raw_input_contents, read once) as the V2 request the HTTP route decodes:
+    raw contents become its binary part."""
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -216,9 +216,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         with self.admission(), metrics.counting("grpc"):
             self.plane.model(name, version)  # an unknown model is refused before its tensors are read
             timing = Timing()
-            heavy = _size(request) > v2.THREAD_BINARY_BYTES
+            raw = list(request.raw_input_contents)  # each read copies the bytes out of the message: read once
+            heavy = _size(request, raw) > v2.THREAD_BINARY_BYTES
             with timing.measure("parse"):
-                parsed, binary = await on_thread_if(heavy, to_v2, request)
+                parsed, binary = await on_thread_if(heavy, to_v2, request, raw)
             result = await self.plane.infer(name, version, parsed, binary, timing, offload=heavy)
             return from_v2(result)
 

@@ -126,9 +126,14 @@ def _check_values(tensor: RequestInput, values: np.ndarray, value_range: tuple[f
     """The model's one rule on values (modelrepo.ModelCard.input_range): finite, within [low, high]."""
     low, high = value_range
     flat = values.reshape(-1)
+    if not flat.size:
+        return
+    smallest, largest = flat.min(), flat.max()  # NaN carries through both, and fails the comparisons
+    if low <= smallest and largest <= high and np.isfinite(smallest) and np.isfinite(largest):
+        return  # two passes over the values and no temporary array: the usual case of a large tensor
     if not np.isfinite(flat).all():
         raise TensorError(f"input '{tensor.name}': data contains NaN or Infinity; expected finite numbers")
-    if flat.size and (flat.min() < low or flat.max() > high):
+    if smallest < low or largest > high:
         first = int(np.flatnonzero((flat < low) | (flat > high))[0])
         row = first // max(1, math.prod(tensor.shape[1:]))
         raise TensorError(

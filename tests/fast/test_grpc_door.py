@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from client.grpc_transport import GrpcTransport
 from service import grpc_server
 from service.admission import Admission
 from service.dataplane import DataPlane
@@ -401,3 +403,28 @@ def test_every_typed_error_has_its_grpc_code() -> None:
     assert len(kinds) >= 8
     for kind in kinds:
         assert grpc_server.code_of(kind("x")) != grpc.StatusCode.INTERNAL, kind.__name__
+
+
+def _connections_to(address: str) -> set[tuple[str, int]]:
+    """This process's open TCP connections to `address` (the door runs here too: its side is filtered out)."""
+    host, port = address.rsplit(":", 1)
+    return {
+        c.laddr
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_ESTABLISHED
+        and c.raddr
+        and (c.raddr.ip.removeprefix("::ffff:"), c.raddr.port) == (host, int(port))  # gRPC's IPv4-mapped form
+    }
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_the_scorer_s_transport_opens_a_connection_per_channel(door: Door, connections: int) -> None:
+    # a connection is served by one worker: the scorer's threads would all land on one over a single connection
+    before = _connections_to(door.address)
+    transport = GrpcTransport(door.address, timeout=30, token=TOKEN, connections=connections)
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    answers = [transport.infer("lenet", "logits", x) for _ in range(2 * connections)]
+    opened = _connections_to(door.address) - before
+    transport.close()
+    assert len(opened) == connections
+    assert all(np.array_equal(a, answers[0]) for a in answers) and answers[0].shape == (2, 10)
