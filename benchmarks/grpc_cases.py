@@ -1,12 +1,13 @@
 """`make bench`'s gRPC cases: the Open Inference Protocol over gRPC against V2 HTTP and in-process ONNX Runtime.
 
     .venv/bin/python -m benchmarks.grpc_cases [--quick]             # these cases alone, default shape
-    .venv/bin/python -m benchmarks.grpc_cases load ADDRESS IMAGES CONCURRENCY REQUESTS  # the load generator
+    .venv/bin/python -m benchmarks.grpc_cases load ADDRESS IMAGES CONCURRENCY REQUESTS [CONNECTIONS]  # the load
 
 One server at the default shape: one LeNet image per request at c=1 and c=32 (gRPC raw contents, V2 HTTP
 binary, the typed route), then 1,024 images per request, two per worker in flight (gRPC, V2 HTTP binary),
 beside ONNX Runtime in process on all the server's threads. The gRPC load runs in its own process, as
-benchmarks.load does for HTTP, over several channels (each its own connection: SO_REUSEPORT spreads them).
+benchmarks.load does for HTTP, over several channels (each its own connection: SO_REUSEPORT spreads them),
+and the bulk case once more over one connection, as a client that opens one channel sends (one worker serves it).
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def _request(images: int) -> Any:
     return request
 
 
-async def _load(address: str, images: int, concurrency: int, requests: int) -> dict[str, Any]:
+async def _load(address: str, images: int, concurrency: int, requests: int, connections: int) -> dict[str, Any]:
     request = _request(images)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(concurrency, CHANNELS))]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
     stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
     latencies: list[float] = []
     errors, sent = 0, 0
@@ -83,10 +84,14 @@ async def _load(address: str, images: int, concurrency: int, requests: int) -> d
     }
 
 
-def grpc_load(address: str, images: int, concurrency: int, requests: int) -> dict[str, Any]:
-    """The gRPC load generator in its own process."""
+def grpc_load(
+    address: str, images: int, concurrency: int, requests: int, connections: int | None = None
+) -> dict[str, Any]:
+    """The gRPC load generator in its own process; a connection per request in flight, up to CHANNELS."""
+    connections = connections or min(concurrency, CHANNELS)
     command = [sys.executable, "-m", "benchmarks.grpc_cases", "load", address, str(images), str(concurrency)]
-    out = subprocess.run([*command, str(requests)], cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    command += [str(requests), str(connections)]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -110,6 +115,7 @@ def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict
             single[f"typed c={c}"] = cases.load(f"{server.url}/v1/lenet/predict", typed, c, n)
         bulk = {
             "grpc": grpc_load(server.grpc, 1024, in_flight, bulk_requests),
+            "grpc, one connection": grpc_load(server.grpc, 1024, in_flight, bulk_requests, connections=1),
             "v2 http binary": cases.bulk_v2(server.url, 1024, in_flight, bulk_requests),
         }
     finally:
@@ -156,7 +162,8 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
 def main() -> None:
     if sys.argv[1:2] == ["load"]:
         address, images, concurrency, requests = sys.argv[2:6]
-        result = uvloop.run(_load(address, int(images), int(concurrency), int(requests)))  # as benchmarks.load
+        connections = int(sys.argv[6]) if len(sys.argv) > 6 else min(int(concurrency), CHANNELS)
+        result = uvloop.run(_load(address, int(images), int(concurrency), int(requests), connections))  # as load.py
         print(json.dumps(result))
         return
     from service.machine import available_cores, choose_shape

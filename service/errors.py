@@ -62,6 +62,12 @@ class Unimplemented(ServingError):
     status = 501
 
 
+class DeadlineExceeded(ServingError):
+    """No answer within the request's time (TINYSERVE_REQUEST_TIMEOUT, or a gRPC client's deadline)."""
+
+    status = 504
+
+
 def clip(text: str, limit: int = MAX_ECHO) -> str:
     """A client's string as an error sentence may show it: cut to `limit` characters."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

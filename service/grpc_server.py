@@ -1,44 +1,51 @@
 """The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, as Triton and KServe serve it.
 
-A grpc.aio server in each worker's event loop, over the same data plane as the HTTP front doors: a
-ModelInferRequest becomes the V2 request the HTTP route decodes (raw_input_contents as its binary part),
-so the same checks make the same sentences; the data plane's typed errors become gRPC status codes in
-one table (CODES). The protocol's messages and stubs are Triton's, from the tritonclient package. The
-standard health service and server reflection sit beside it; every worker binds the port with
-SO_REUSEPORT, so the kernel spreads connections over the workers.
+A gRPC server in each worker, over the same data plane as the HTTP front doors: a ModelInferRequest
+becomes the V2 request the HTTP route decodes (raw_input_contents as its binary part), so the same checks
+make the same sentences; the data plane's typed errors become gRPC status codes in one table (CODES). The
+protocol's messages and stubs are Triton's, from the tritonclient package. The standard health service and
+server reflection sit beside it; every worker binds the port with SO_REUSEPORT, so the kernel spreads
+connections over the workers.
+
+The server is grpcio's threaded one: its threads answer the reads of the data plane's state themselves and
+hand inference and model loads to the worker's event loop, where the batchers are, waiting for the answer.
+grpc.aio on the same loop cost twice the CPU per call (~580 against ~290 us for one LeNet image, measured
+with h2load: BENCHMARKS.md): its poller thread takes the GIL whenever the loop thread lets it go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import functools
 import hmac
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service import __version__, metrics, repository_api, tensors, v2
 from service.admission import Admission
 from service.dataplane import DataPlane, V2Result, on_thread_if
-from service.errors import InvalidInput, ServingError, Unimplemented
+from service.errors import DeadlineExceeded, InvalidInput, ServingError, Unimplemented
 from service.runtime import StartRefused, refuse_start
 from service.timing import Timing
 
 logger = logging.getLogger("bentoml.tinyserve")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # The data plane's errors as gRPC status codes, by the HTTP status each carries: the one place they are mapped.
 CODES: dict[int, grpc.StatusCode] = {
@@ -79,6 +86,9 @@ OPEN_METHODS = frozenset(
     }
 )
 UNAUTHORISED = "missing or invalid API token: send the metadata 'authorization: Bearer <token>'"
+NO_DEADLINE_S = 86400.0  # a client's deadline further than this is taken for none
+REFLECTION_STREAMS = 4  # server reflection streams open at once in a worker (grpcurl opens one a command)
+SPARE_THREADS = 16  # gRPC threads beyond TINYSERVE_MAX_CONCURRENCY: probes, reflection, refusals with their sentence
 
 
 def code_of(error: ServingError) -> grpc.StatusCode:
@@ -89,21 +99,21 @@ def _answering(method: Handler) -> Handler:
     """A call's typed refusal -> its status code and sentence; anything else -> INTERNAL, logged here."""
 
     @functools.wraps(method)
-    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return await method(self, request, context)
+            return method(self, request, context)
         except ServingError as e:
-            await context.abort(code_of(e), e.message)
+            context.abort(code_of(e), e.message)
         except Exception:
             logger.exception("gRPC %s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server's log has the details")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the server's log has the details")
 
     return call  # type: ignore[return-value]
 
 
-def _unimplemented(call: str, instead: str) -> Callable[..., Awaitable[Any]]:
+def _unimplemented(call: str, instead: str) -> Callable[..., Any]:
     @_answering
-    async def refuse(self: Any, request: Any, context: Any) -> Any:
+    def refuse(self: Any, request: Any, context: Any) -> Any:
         raise Unimplemented(f"{call} is not served by tinyserve; {instead}")
 
     return refuse
@@ -178,40 +188,64 @@ def from_v2(result: V2Result) -> Any:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, plane: DataPlane, admission: Admission) -> None:
+    """On the server's threads: reads of the data plane's state (the registry is replaced whole, never changed
+    in place) answer here; inference and model loads run on the worker's event loop (`_on_loop`)."""
+
+    def __init__(
+        self, plane: DataPlane, admission: Admission, loop: asyncio.AbstractEventLoop, request_timeout: float
+    ) -> None:
         self.plane = plane
         self.admission = admission
+        self.loop = loop
+        self.request_timeout = request_timeout
+
+    def _on_loop(self, work: Coroutine[Any, Any, T], context: grpc.ServicerContext, timeout: float | None) -> T:
+        """`work` on the event loop; this thread waits for it, at most `timeout` s or the client's deadline."""
+        left = context.time_remaining()  # without a deadline, hundreds of years: as good as none
+        wait = min((t for t in (timeout, left) if t is not None and t < NO_DEADLINE_S), default=None)
+        future = asyncio.run_coroutine_threadsafe(work, self.loop)
+        try:
+            return future.result(wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the coroutine is cancelled on the loop: its batcher slot and admission slot go back
+            if wait != timeout:
+                raise DeadlineExceeded("the call's deadline passed before its answer") from None
+            raise DeadlineExceeded(
+                f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
+            ) from None
 
     @_answering
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=self.plane.live())
 
     @_answering
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.plane.ready())
 
     @_answering
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    def ModelReady(self, request: Any, context: Any) -> Any:
         self.plane.model(request.name, request.version or None)
         return pb.ModelReadyResponse(ready=self.plane.ready())
 
     @_answering
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=v2.SERVER_NAME, version=__version__, extensions=v2.EXTENSIONS)
 
     @_answering
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
         metadata = self.plane.metadata(self.plane.model(request.name, request.version or None))
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     @_answering
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        # every worker's counters, read from their files: off the event loop
-        statistics = await asyncio.to_thread(self.plane.statistics, request.name or None, request.version or None)
+    def ModelStatistics(self, request: Any, context: Any) -> Any:
+        statistics = self.plane.statistics(request.name or None, request.version or None)  # every worker's files
         return json_format.ParseDict(statistics, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     @_answering
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    def ModelInfer(self, request: Any, context: Any) -> Any:
+        return from_v2(self._on_loop(self._infer(request), context, self.request_timeout))
+
+    async def _infer(self, request: Any) -> V2Result:
         name, version = request.model_name, request.model_version or None
         with self.admission(), metrics.counting("grpc"):
             self.plane.model(name, version)  # an unknown model is refused before its tensors are read
@@ -220,26 +254,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             heavy = _size(request, raw) > v2.THREAD_BINARY_BYTES
             with timing.measure("parse"):
                 parsed, binary = await on_thread_if(heavy, to_v2, request, raw)
-            result = await self.plane.infer(name, version, parsed, binary, timing, offload=heavy)
-            return from_v2(result)
+            return await self.plane.infer(name, version, parsed, binary, timing, offload=heavy)
 
     ModelStreamInfer = _unimplemented("streaming inference (ModelStreamInfer)", "call ModelInfer once per request")
     ModelConfig = _unimplemented("the model configuration (ModelConfig)", "read ModelMetadata for inputs and outputs")
 
     # Triton's repository extension: the same calls and sentences as POST /v2/repository/... (service.repository_api)
     @_answering
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    def RepositoryIndex(self, request: Any, context: Any) -> Any:
         models = repository_api.repository_index(self.plane, ready=request.ready)
         return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)
 
     @_answering
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await repository_api.load_model(self.plane, request.model_name, _parameters(request.parameters))
+    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        load = repository_api.load_model(self.plane, request.model_name, _parameters(request.parameters))
+        self._on_loop(load, context, None)  # as long as the load takes (TINYSERVE_CONTROL_WAIT_SECONDS bounds it)
         return pb.RepositoryModelLoadResponse()
 
     @_answering
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await repository_api.unload_model(self.plane, request.model_name, _parameters(request.parameters))
+    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        unload = repository_api.unload_model(self.plane, request.model_name, _parameters(request.parameters))
+        self._on_loop(unload, context, None)
         return pb.RepositoryModelUnloadResponse()
 
     SystemSharedMemoryStatus = _unimplemented("shared memory (SystemSharedMemoryStatus)", "send tensors in requests")
@@ -260,29 +295,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     LogSettings = _unimplemented("log settings (LogSettings)", "use TINYSERVE_ACCESS_LOG and the server's log")
 
 
-class Health(health_aio.HealthServicer):  # type: ignore[misc]
+class Health(health.HealthServicer):  # type: ignore[misc]
     """grpc.health.v1, answered from the data plane's readiness (NOT_SERVING while draining)."""
 
     def __init__(self, plane: DataPlane) -> None:
         super().__init__()
         self.plane = plane
 
-    async def Check(self, request: Any, context: Any) -> Any:
+    def Check(self, request: Any, context: Any) -> Any:
         if request.service not in ("", SERVICE):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}: expected {SERVICE}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}: expected {SERVICE}")
         ready = self.plane.ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Reflection(reflection.ReflectionServicer):  # type: ignore[misc]
+    """Server reflection, at most REFLECTION_STREAMS streams open at once in a worker: a stream holds one of
+    the worker's gRPC threads for as long as its client keeps it open."""
+
+    def __init__(self, service_names: list[str]) -> None:
+        super().__init__(service_names)
+        self.streams = threading.BoundedSemaphore(REFLECTION_STREAMS)
+
+    def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:
+        if not self.streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{REFLECTION_STREAMS} reflection streams are open on this worker, the most it keeps open; "
+                "close one and retry",
+            )
+        try:
+            yield from super().ServerReflectionInfo(request_iterator, context)
+        finally:
+            self.streams.release()
+
+
+class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """TINYSERVE_API_TOKEN on gRPC: the `authorization` metadata, as the HTTP header; probes stay open."""
 
     def __init__(self, token: str) -> None:
         self.token = token.encode()
 
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
         if handler is None or details.method in OPEN_METHODS or self._authorised(details.invocation_metadata):
             return handler
         return _refusing(handler)
@@ -296,8 +352,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 def _refusing(handler: Any) -> Any:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
 
-    async def refuse(request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORISED)
+    def refuse(request: Any, context: Any) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORISED)
 
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -308,20 +364,33 @@ def _refusing(handler: Any) -> Any:
     return kind(refuse, handler.request_deserializer, handler.response_serializer)
 
 
-def create(plane: DataPlane, *, admission: Admission, max_message_bytes: int, token: str | None) -> grpc.aio.Server:
-    """The gRPC server of one worker, its services added; not yet bound or started."""
-    server = grpc.aio.server(
+def create(
+    plane: DataPlane,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    admission: Admission,
+    max_message_bytes: int,
+    request_timeout: float,
+    token: str | None,
+) -> grpc.Server:
+    """The gRPC server of one worker, its services added; not yet bound or started. `loop` is the event loop
+    the data plane's batchers run on. A thread per call in flight: the admission limit, and room for the probes
+    and for the calls over it to be refused with its sentence; past that, grpcio refuses (RESOURCE_EXHAUSTED)."""
+    threads = admission.limit + SPARE_THREADS
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
         interceptors=[TokenInterceptor(token)] if token else None,
+        maximum_concurrent_rpcs=threads,  # nothing waits for a thread in an unbounded queue
         options=[
             ("grpc.so_reuseport", 1),  # every worker binds the port; the kernel spreads connections
             ("grpc.max_receive_message_length", max_message_bytes),  # TINYSERVE_MAX_BODY_BYTES, as on HTTP
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, admission), server)
+    servicer = InferenceServicer(plane, admission, loop, request_timeout)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(Health(plane), server)
-    reflection.enable_server_reflection(
-        [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    names = [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(Reflection(names), server)
     return server
 
 
@@ -343,13 +412,13 @@ def check_port(host: str, port: int) -> None:
             refuse_start(StartRefused(taken if e.errno == errno.EADDRINUSE else f"gRPC cannot listen on {where}: {e}"))
 
 
-async def serve(server: grpc.aio.Server, host: str, port: int) -> int:
+def serve(server: grpc.Server, host: str, port: int) -> int:
     """Bind `host:port` and start; the port bound (a refused bind raises with the address)."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound: int = server.add_insecure_port(address)
     except RuntimeError as e:
         raise RuntimeError(f"gRPC cannot listen on {address} (TINYSERVE_GRPC_PORT): {e}") from None
-    await server.start()
+    server.start()
     logger.info("gRPC (Open Inference Protocol) on %s", address)
     return bound

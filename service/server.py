@@ -8,6 +8,7 @@ call. Nothing here runs on import.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -101,17 +102,20 @@ def create_service(start: StartUp) -> Any:
             if settings.grpc_port and threading.current_thread() is threading.main_thread():
                 self.grpc = grpc_server.create(
                     self.plane,
+                    loop=asyncio.get_running_loop(),
                     admission=admission,
                     max_message_bytes=settings.max_body_bytes,
+                    request_timeout=settings.request_timeout,
                     token=settings.api_token.get_secret_value() if settings.api_token else None,
                 )
                 host = (compat.listening_address() or ("0.0.0.0", 0))[0]
-                await grpc_server.serve(self.grpc, host, settings.grpc_port)
+                grpc_server.serve(self.grpc, host, settings.grpc_port)
 
         @bentoml.on_shutdown  # type: ignore[untyped-decorator]
         async def stop_grpc(self) -> None:
             if self.grpc is not None:
-                await self.grpc.stop(grace=REQUEST_TIMEOUT_S)  # calls in flight finish; new ones: UNAVAILABLE
+                stopped = self.grpc.stop(grace=REQUEST_TIMEOUT_S)  # calls in flight finish; new ones: UNAVAILABLE
+                await asyncio.to_thread(stopped.wait)  # the loop turns meanwhile: those calls run on it
 
         def __is_ready__(self) -> bool:
             return self.plane.ready()

@@ -8,8 +8,11 @@ sentence, mapped to its gRPC code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,28 +49,39 @@ class Door:
     stub: Any
     channel: grpc.Channel
     admission: Admission
+    loop: asyncio.AbstractEventLoop
 
 
-@pytest.fixture(scope="module")
-def door(plane: DataPlane) -> Iterator[Door]:
+@contextlib.contextmanager
+def serving(plane: DataPlane, request_timeout: float = 30) -> Iterator[Door]:
+    """A worker's gRPC door on a free port, over its own event loop (on a thread here, as the data plane's)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     admission = Admission(2, plane.lifecycle)
-
-    async def start() -> tuple[Any, int]:
-        server = grpc_server.create(plane, admission=admission, max_message_bytes=MAX_MESSAGE, token=TOKEN)
-        return server, await grpc_server.serve(server, "127.0.0.1", 0)
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    server = grpc_server.create(
+        plane,
+        loop=loop,
+        admission=admission,
+        max_message_bytes=MAX_MESSAGE,
+        request_timeout=request_timeout,
+        token=TOKEN,
+    )
+    port = grpc_server.serve(server, "127.0.0.1", 0)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Door(f"127.0.0.1:{port}", pb_grpc.GRPCInferenceServiceStub(channel), channel, admission)
+        yield Door(f"127.0.0.1:{port}", pb_grpc.GRPCInferenceServiceStub(channel), channel, admission, loop)
     finally:
         channel.close()
-        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(timeout=30)
+        server.stop(None).wait(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def door(plane: DataPlane) -> Iterator[Door]:
+    with serving(plane) as door:
+        yield door
 
 
 def _refusal(call: Any, request: Any, metadata: tuple[tuple[str, str], ...] = AUTH) -> tuple[grpc.StatusCode, str]:
@@ -428,3 +442,40 @@ def test_the_scorer_s_transport_opens_a_connection_per_channel(door: Door, conne
     transport.close()
     assert len(opened) == connections
     assert all(np.array_equal(a, answers[0]) for a in answers) and answers[0].shape == (2, 10)
+
+
+def test_a_call_without_an_answer_in_time_is_deadline_exceeded_and_gives_its_slot_back(plane: DataPlane) -> None:
+    body = {"inputs": [_tensor([1, 1], [1.0])]}
+    with serving(plane, request_timeout=0.2) as door:
+        door.loop.call_soon_threadsafe(time.sleep, 1.0)  # the event loop stuck (a decode holding it, say)
+        assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "no answer within 0.2 s (TINYSERVE_REQUEST_TIMEOUT); it was dropped",
+        )
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), door.loop).result(timeout=30)  # the loop turns again
+        answer = door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30)
+        assert answer.outputs[0].name == "y" and door.admission.in_flight == 0
+
+
+def test_reflection_streams_are_bounded_and_given_back(door: Door) -> None:
+    # an open stream holds a gRPC thread of the worker: a client may not hold them all
+    reflection = reflection_pb2_grpc.ServerReflectionStub(door.channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    ends = [queue.Queue[Any]() for _ in range(grpc_server.REFLECTION_STREAMS)]
+    streams = [reflection.ServerReflectionInfo(iter(end.get, None), metadata=AUTH, timeout=30) for end in ends]
+    for end, stream in zip(ends, streams, strict=True):
+        end.put(ask)
+        assert next(stream).list_services_response.service  # open, and answered
+    with pytest.raises(grpc.RpcError) as caught:
+        list(reflection.ServerReflectionInfo(iter([ask]), metadata=AUTH, timeout=30))
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "4 reflection streams are open on this worker, the most it keeps open; close one and retry",
+    )
+    body = {"inputs": [_tensor([1, 1], [1.0])]}
+    assert door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30).outputs[0].name == "y"
+    for end, stream in zip(ends, streams, strict=True):
+        end.put(None)  # the client closes its side: the stream ends, its slot goes back
+        assert list(stream) == []
+    (again,) = list(reflection.ServerReflectionInfo(iter([ask]), metadata=AUTH, timeout=30))
+    assert again.list_services_response.service
