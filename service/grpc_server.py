@@ -88,7 +88,8 @@ OPEN_METHODS = frozenset(
 UNAUTHORISED = "missing or invalid API token: send the metadata 'authorization: Bearer <token>'"
 NO_DEADLINE_S = 86400.0  # a client's deadline further than this is taken for none
 REFLECTION_STREAMS = 4  # server reflection streams open at once in a worker (grpcurl opens one a command)
-SPARE_THREADS = 16  # gRPC threads beyond TINYSERVE_MAX_CONCURRENCY: probes, reflection, refusals with their sentence
+WATCH_STREAMS = 8  # health Watch streams open at once in a worker (open without the token)
+SPARE_THREADS = 16  # calls beyond TINYSERVE_MAX_CONCURRENCY: probes, streams, refusals with their sentence
 
 
 def code_of(error: ServingError) -> grpc.StatusCode:
@@ -301,6 +302,19 @@ class Health(health.HealthServicer):  # type: ignore[misc]
     def __init__(self, plane: DataPlane) -> None:
         super().__init__()
         self.plane = plane
+        self.watches = threading.BoundedSemaphore(WATCH_STREAMS)
+
+    def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
+        """The standard Watch, at most WATCH_STREAMS open in a worker: open without the token, each counts
+        against the calls the server takes at once (probes use Check)."""
+        if not self.watches.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{WATCH_STREAMS} health Watch streams are open on this worker, the most it keeps open; "
+                "use Check, or close one and retry",
+            )
+        context.add_callback(self.watches.release)  # when the stream ends, however it ends
+        return super().Watch(request, context, send_response_callback)
 
     def Check(self, request: Any, context: Any) -> Any:
         if request.service not in ("", SERVICE):

@@ -479,3 +479,30 @@ def test_reflection_streams_are_bounded_and_given_back(door: Door) -> None:
         assert list(stream) == []
     (again,) = list(reflection.ServerReflectionInfo(iter([ask]), metadata=AUTH, timeout=30))
     assert again.list_services_response.service
+
+
+def test_health_watch_streams_are_bounded_and_given_back(door: Door) -> None:
+    # Watch needs no token, and each open stream counts against the calls a worker takes at once
+    health = health_pb2_grpc.HealthStub(door.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(grpc_server.WATCH_STREAMS)]
+    assert {next(w).status for w in watches} == {health_pb2.HealthCheckResponse.SERVING}
+    with pytest.raises(grpc.RpcError) as caught:
+        next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "8 health Watch streams are open on this worker, the most it keeps open; use Check, or close one and retry",
+    )
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+    for watch in watches:
+        watch.cancel()
+    answers = []
+    for _ in range(500):  # the server frees a slot once it has seen the stream end: a few round trips at most
+        again = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        try:
+            answers.append(next(again).status)
+            break
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            again.cancel()
+    assert answers == [health_pb2.HealthCheckResponse.SERVING]
