@@ -244,14 +244,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @_answering
     def ModelInfer(self, request: Any, context: Any) -> Any:
-        return from_v2(self._on_loop(self._infer(request), context, self.request_timeout))
+        raw = list(request.raw_input_contents)  # each read copies the bytes out of the message: once, off the loop
+        return from_v2(self._on_loop(self._infer(request, raw), context, self.request_timeout))
 
-    async def _infer(self, request: Any) -> V2Result:
+    async def _infer(self, request: Any, raw: list[bytes]) -> V2Result:
         name, version = request.model_name, request.model_version or None
         with self.admission(), metrics.counting("grpc"):
             self.plane.model(name, version)  # an unknown model is refused before its tensors are read
             timing = Timing()
-            raw = list(request.raw_input_contents)  # each read copies the bytes out of the message: read once
             heavy = _size(request, raw) > v2.THREAD_BINARY_BYTES
             with timing.measure("parse"):
                 parsed, binary = await on_thread_if(heavy, to_v2, request, raw)
