@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
+LOCAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")  # the ports the kernel gives connections
 
 
 @dataclass
@@ -32,10 +34,17 @@ class Server:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel hands out (bind to
+    port 0) may meanwhile become another connection's local port, and the server's bind then fails."""
+    low = int(LOCAL_RANGE.read_text().split()[0]) if LOCAL_RANGE.exists() else 32768
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def launch(
