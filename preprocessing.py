@@ -73,6 +73,12 @@ FRAME = 0.1
 # Training's redrawn digits are framed at 0.5 (training/lenet.py): LeNet trained on them framed at 0.1 read
 # fewer drawn and typed digits (94.3% and 98.3%, against 95.5% and 99.6%) and refused fewer letters.
 TRAINED_FRAME = 0.5
+# A stroke is evened out only to a thickness that still spans the digit: at least this share of its extent as
+# drawn. Thinned further, a stroke breaks into a remnant whose few pixels, scaled back up to the grid's height,
+# carry about the training digits' ink and were chosen: a thin drawn 7 came out as four gray blocks, a typed
+# DejaVu Sans Bold Oblique 6 as a blank. Measured on LeNet's card sets with the same weights: drawn 169 of 176
+# read right (168 before), typed digits taken 99.6% (98.75%), letters refused 78.6% (76.9%).
+WHOLE = 0.9
 
 
 def normalise(ink: np.ndarray, frame: float = FRAME) -> np.ndarray:
@@ -81,16 +87,22 @@ def normalise(ink: np.ndarray, frame: float = FRAME) -> np.ndarray:
     stroke = options[len(options) - 1 - GROW]  # as drawn
     low, high = INK_BAND
     if not low <= _ink(stroke) <= high:
-        stroke = min(options, key=lambda s: abs(_ink(s) - TARGET_INK))
+        whole = [s for s in options if _extent(s) >= WHOLE * _extent(stroke)]
+        stroke = min(whole, key=lambda s: abs(_ink(s) - TARGET_INK))
     upscaled: np.ndarray = (UPSCALE @ _cells(stroke, frame) @ UPSCALE.T).astype(np.float32)
     return upscaled
 
 
-def _ink(stroke: np.ndarray) -> float:
-    """About the ink `_cells(stroke)` will carry, in cells, without making them: ink / pixels per cell."""
+def _extent(stroke: np.ndarray) -> int:
+    """The longer side, in pixels, of what is ink in `stroke` (at least 0.5)."""
     mask = stroke >= 0.5
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    scale = WORK / float(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+    return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+
+
+def _ink(stroke: np.ndarray) -> float:
+    """About the ink `_cells(stroke)` will carry, in cells, without making them: ink / pixels per cell."""
+    scale = WORK / float(_extent(stroke))
     return float(stroke.sum()) * scale**2 / (WORK // 8) ** 2
 
 

@@ -91,7 +91,10 @@ def test_predict_image_accepts_light_ink_on_dark_too(http: httpx.Client) -> None
         a = http.post("/v1/lenet/predict-image", files={"image": ("a.png", data, "image/png")}).json()
         b = http.post("/v1/lenet/predict-image", files={"image": ("b.png", dark, "image/png")}).json()
         assert a["label"] == b["label"] == labels[i]
-        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-3)
+        # The two renderings differ by a rounding (1/255 of a pixel at most); LeNet, trained with label
+        # smoothing, answers about 0.9 rather than 0.999 for a clear digit, so that moves a probability by up
+        # to 0.003 (measured 0.0027; 0.0004 for the model without label smoothing).
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=5e-3)
 
 
 def test_models_catalog_shows_cards_provider_and_readiness(http: httpx.Client, reference: Reference) -> None:

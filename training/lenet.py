@@ -38,11 +38,18 @@ class Recipe:
     shear: float = 0.3  # slant, either way
     squeeze: tuple[float, float] = (0.7, 1.25)  # width over height
     printed: int = 8  # sizes of each printed digit in each face of PRINTED_FACES
-    printed_per_batch: int = 32  # printed digits added to each batch of 64 scans and their 64 redrawn copies
-    # Not digits: letters (not shaped like a digit) in PRINTED_FACES and random scribbles, 16 in each batch,
-    # with an energy hinge on the logits' log-sum-exp: digits held above digit_energy, the rest below
-    # not_digit_energy, weighed not_digit_weight against the cross-entropy (see `energy_hinge`).
-    not_digits_per_batch: int = 16
+    printed_per_batch: int = 48  # printed digits added to each batch of 64 scans and their 64 redrawn copies
+    # (32 until the batch held twice the shapes that are no digit: the typed faces keep their weight against them)
+    label_smoothing: float = 0.1  # soft targets (Szegedy et al., 2016): no digit's logit is driven up without
+    # bound on the scans, so a shape between two digits (an open-topped 4, a "9") is not answered with certainty
+    # Not digits: letters (not shaped like a digit) in PRINTED_FACES and random scribbles, 32 in each batch,
+    # half letters and half scribbles, with an energy hinge on the logits' log-sum-exp: digits held above
+    # digit_energy, the rest below not_digit_energy, weighed not_digit_weight against the cross-entropy (see
+    # `energy_hinge`). Letters as often as scribbles: the pool holds two scribbles for each letter. Measured
+    # with this preprocessing, the recipe before (16 from the whole pool, 32 printed, no label smoothing)
+    # refused 76.4% of the letters and 83.3% of the scribbles and read 170 drawn and 239 typed digits right;
+    # this one 87.1%, 87.0%, 170 and 240 (`python -m training.recognition`).
+    not_digits_per_batch: int = 32
     not_digit_weight: float = 0.05
     digit_energy: float = 8.0
     not_digit_energy: float = 2.0
@@ -151,9 +158,9 @@ def _glyph(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
     return np.asarray(glyph, dtype=np.float32) / 255.0
 
 
-def not_digits(recipe: Recipe, rng: np.random.Generator) -> torch.Tensor:
+def not_digits(recipe: Recipe, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes that are no digit, as another hand would make them: letters not shaped like a digit in the
-    faces of PRINTED_FACES (never DejaVu: the card and the tests measure on DejaVu), then scribbles."""
+    faces of PRINTED_FACES (never DejaVu: the card and the tests measure on DejaVu), and scribbles."""
     shapes = []
     for font in _printed_fonts(recipe.letter_sizes):
         for letter in (c for c in handmade.LETTERS if c not in handmade.DIGIT_LIKE):
@@ -165,7 +172,8 @@ def not_digits(recipe: Recipe, rng: np.random.Generator) -> torch.Tensor:
             points = rng.uniform(6, 58, (int(rng.integers(2, 8)), 2))
             ImageDraw.Draw(pad).line([tuple(p) for p in points], fill=255, width=pen, joint="curve")
         shapes.append(another_hand(np.asarray(pad, dtype=np.float32) / 255.0, recipe, rng))
-    return torch.from_numpy(np.stack(shapes)[:, None])
+    every = torch.from_numpy(np.stack(shapes)[:, None])
+    return every[: len(every) - recipe.scribbles], every[len(every) - recipe.scribbles :]
 
 
 def energy_hinge(digits: torch.Tensor, others: torch.Tensor, recipe: Recipe) -> torch.Tensor:
@@ -189,7 +197,8 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
     rng = np.random.default_rng(seed)
     copies = [redraw(x_train, recipe, rng) for _ in range(recipe.redrawn)]
     x_printed, y_printed = printed(recipe, rng)
-    x_other = not_digits(recipe, rng)
+    x_letters, x_scribbles = not_digits(recipe, rng)
+    half = recipe.not_digits_per_batch // 2
     model = LeNet5()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.max_lr)
     steps = (len(x_train) + recipe.batch_size - 1) // recipe.batch_size
@@ -210,12 +219,17 @@ def train(seed: int, recipe: Recipe, out: Path) -> Trained:
                 some = torch.randint(len(x_printed), (recipe.printed_per_batch,))
                 batch = torch.cat([batch, redrawn, x_printed[some]])
                 labels = torch.cat([labels, labels, y_printed[some]])
-            others = x_other[torch.randint(len(x_other), (recipe.not_digits_per_batch,))]
+            others = torch.cat(  # as many letters as scribbles
+                [
+                    x_letters[torch.randint(len(x_letters), (half,))],
+                    x_scribbles[torch.randint(len(x_scribbles), (recipe.not_digits_per_batch - half,))],
+                ]
+            )
             logits = model(torch.cat([batch, random_shift(others, recipe.shift)]))
             digits = logits[: len(batch)]
-            loss = F.cross_entropy(digits, labels) + recipe.not_digit_weight * energy_hinge(
-                digits, logits[len(batch) :], recipe
-            )
+            loss = F.cross_entropy(
+                digits, labels, label_smoothing=recipe.label_smoothing
+            ) + recipe.not_digit_weight * energy_hinge(digits, logits[len(batch) :], recipe)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
