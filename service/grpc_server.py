@@ -9,8 +9,9 @@ connections over the workers.
 
 The server is grpcio's threaded one: its threads answer the reads of the data plane's state themselves and
 hand inference and model loads to the worker's event loop, where the batchers are, waiting for the answer.
-grpc.aio on the same loop cost twice the CPU per call (~580 against ~290 us for one LeNet image, measured
-with h2load: BENCHMARKS.md): its poller thread takes the GIL whenever the loop thread lets it go.
+grpc.aio on the same loop cost ~580 us of CPU per single-image call where the work is ~45 us: its poller
+thread takes the GIL whenever the loop thread lets it go. Threaded, 440-490 us with both cores busy, more where
+a core idles between calls (BENCHMARKS.md, "grpcio's threaded server").
 """
 
 from __future__ import annotations
