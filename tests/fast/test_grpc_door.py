@@ -1,8 +1,8 @@
 """The gRPC front door in process: the real gRPC server on a 127.0.0.1 socket over the shipped models.
 
-The data plane's event loop on a thread of its own, as a worker runs it beside the server's threads; the clients (the protocol's stub, Triton's client,
-the health and reflection stubs) call it over the socket. Each refusal must carry the HTTP route's
-sentence, mapped to its gRPC code.
+The data plane's event loop on a thread of its own, as a worker runs it beside the server's threads; the
+clients (the protocol's stub, Triton's client, the health and reflection stubs) call it over the socket. Each
+refusal must carry the HTTP route's sentence, mapped to its gRPC code.
 """
 
 from __future__ import annotations
