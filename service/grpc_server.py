@@ -308,12 +308,7 @@ class Health(health.HealthServicer):  # type: ignore[misc]
     def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
         """The standard Watch, at most WATCH_STREAMS open in a worker: open without the token, each counts
         against the calls the server takes at once (probes use Check)."""
-        if not self.watches.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{WATCH_STREAMS} health Watch streams are open on this worker, the most it keeps open; "
-                "use Check, or close one and retry",
-            )
+        _open_stream(self.watches, WATCH_STREAMS, "health Watch streams", "use Check, or close one and retry", context)
         context.add_callback(self.watches.release)  # when the stream ends, however it ends
         return super().Watch(request, context, send_response_callback)
 
@@ -334,16 +329,20 @@ class Reflection(reflection.ReflectionServicer):  # type: ignore[misc]
         self.streams = threading.BoundedSemaphore(REFLECTION_STREAMS)
 
     def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:
-        if not self.streams.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{REFLECTION_STREAMS} reflection streams are open on this worker, the most it keeps open; "
-                "close one and retry",
-            )
-        try:
+        _open_stream(self.streams, REFLECTION_STREAMS, "reflection streams", "close one and retry", context)
+        try:  # given back before the status goes out: a client that saw its stream end may open another
             yield from super().ServerReflectionInfo(request_iterator, context)
         finally:
             self.streams.release()
+
+
+def _open_stream(slots: threading.BoundedSemaphore, limit: int, what: str, instead: str, context: Any) -> None:
+    """One of a worker's `limit` slots for a long-lived stream, or RESOURCE_EXHAUSTED with the sentence."""
+    if not slots.acquire(blocking=False):
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{limit} {what} are open on this worker, the most it keeps open; {instead}",
+        )
 
 
 class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

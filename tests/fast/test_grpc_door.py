@@ -12,7 +12,6 @@ import contextlib
 import json
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -446,12 +445,16 @@ def test_the_scorer_s_transport_opens_a_connection_per_channel(door: Door, conne
 
 def test_a_call_without_an_answer_in_time_is_deadline_exceeded_and_gives_its_slot_back(plane: DataPlane) -> None:
     body = {"inputs": [_tensor([1, 1], [1.0])]}
+    stuck = threading.Event()
     with serving(plane, request_timeout=0.2) as door:
-        door.loop.call_soon_threadsafe(time.sleep, 1.0)  # the event loop stuck (a decode holding it, say)
-        assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "no answer within 0.2 s (TINYSERVE_REQUEST_TIMEOUT); it was dropped",
-        )
+        door.loop.call_soon_threadsafe(stuck.wait, 60)  # the event loop held (a decode holding it, say)
+        try:
+            assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "no answer within 0.2 s (TINYSERVE_REQUEST_TIMEOUT); it was dropped",
+            )
+        finally:
+            stuck.set()
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0), door.loop).result(timeout=30)  # the loop turns again
         answer = door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30)
         assert answer.outputs[0].name == "y" and door.admission.in_flight == 0
