@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import uvloop
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from benchmarks import cases
-from benchmarks.server import REPO, launch, stop, wait_ready
+from benchmarks.server import REPO, Server, launch, stop, wait_ready
 from service.machine import Shape
 
 CHANNELS = 8  # connections the load opens at most: a client pool, spread over the workers
@@ -81,6 +84,7 @@ async def _load(address: str, images: int, concurrency: int, requests: int, conn
         "p99_ms": quantiles[98] * 1000,
         "client_cpu_s": cpu,
         "images_per_s": rps * images,
+        "warm_up": warm_up,
     }
 
 
@@ -96,6 +100,27 @@ def grpc_load(
     return result
 
 
+def _tree_cpu_s(server: Server) -> float:
+    """CPU seconds used so far by the server's process tree (its workers and the process that started them)."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        top = psutil.Process(server.process.pid)
+        for process in [top, *top.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def _costed(server: Server, case: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`case(*args, **kwargs)`'s result, with the server's CPU per request sent (warm-up included: the CPU is
+    read around both)."""
+    before = _tree_cpu_s(server)
+    result = case(*args, **kwargs)
+    result["server_cpu_us"] = (_tree_cpu_s(server) - before) / max(result["requests"] + result["warm_up"], 1) * 1e6
+    return result
+
+
 def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict[str, Any]:
     print(f"gRPC against V2 HTTP, shape {shape.workers}x{shape.threads}", flush=True)
     env = {"TINYSERVE_WORKERS": str(shape.workers), "TINYSERVE_THREADS": str(shape.threads)}
@@ -108,15 +133,14 @@ def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict
         single: dict[str, dict[str, Any]] = {}
         for c in (1, 32):
             n = requests * (4 if c > 1 else 1)
-            single[f"grpc c={c}"] = grpc_load(server.grpc, 1, c, n)
-            single[f"v2 http binary c={c}"] = cases.load(
-                f"{server.url}/v2/models/lenet/infer", one_image, c, n, one_headers
-            )
-            single[f"typed c={c}"] = cases.load(f"{server.url}/v1/lenet/predict", typed, c, n)
+            single[f"grpc c={c}"] = _costed(server, grpc_load, server.grpc, 1, c, n)
+            v2_url = f"{server.url}/v2/models/lenet/infer"
+            single[f"v2 http binary c={c}"] = _costed(server, cases.load, v2_url, one_image, c, n, one_headers)
+            single[f"typed c={c}"] = _costed(server, cases.load, f"{server.url}/v1/lenet/predict", typed, c, n)
         bulk = {
-            "grpc": grpc_load(server.grpc, 1024, in_flight, bulk_requests),
-            "grpc, one connection": grpc_load(server.grpc, 1024, in_flight, bulk_requests, connections=1),
-            "v2 http binary": cases.bulk_v2(server.url, 1024, in_flight, bulk_requests),
+            "grpc": _costed(server, grpc_load, server.grpc, 1024, in_flight, bulk_requests),
+            "grpc, one connection": _costed(server, grpc_load, server.grpc, 1024, in_flight, bulk_requests, 1),
+            "v2 http binary": _costed(server, cases.bulk_v2, server.url, 1024, in_flight, bulk_requests),
         }
     finally:
         stop(server)
@@ -127,23 +151,31 @@ def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict
 def table(result: dict[str, Any]) -> str:
     raw = result["raw_1024"]["rows_per_s"]
     lines = [
-        f"| gRPC vs V2 HTTP, {result['workers']} x {result['threads']}, one LeNet image | req/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
+        f"| gRPC vs V2 HTTP, {result['workers']} x {result['threads']}, one LeNet image "
+        "| req/s | p50 ms | p99 ms | server CPU a request, us |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {label} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        f"| {label} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_cpu(r, 1)} |"
         for label, r in result["single"].items()
     ]
     lines += [
         "",
-        "| 1024 LeNet images per request, 2 per worker in flight | images/s | of in process |",
-        "|---|---|---|",
+        "| 1024 LeNet images per request, 2 per worker in flight | images/s | of in process "
+        "| server CPU an image, us |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {label} | {r['images_per_s']:,.0f} | {r['images_per_s'] / raw:.0%} |" for label, r in result["bulk"].items()
+        f"| {label} | {r['images_per_s']:,.0f} | {r['images_per_s'] / raw:.0%} | {_cpu(r, 1024)} |"
+        for label, r in result["bulk"].items()
     ]
-    lines.append(f"| ONNX Runtime in process, {result['workers'] * result['threads']} threads | {raw:,.0f} | 100% |")
+    lines.append(f"| ONNX Runtime in process, {result['workers'] * result['threads']} threads | {raw:,.0f} | 100% | |")
     return "\n".join(lines)
+
+
+def _cpu(result: dict[str, Any], images: int) -> str:
+    cpu = result.get("server_cpu_us")  # absent from results written before it was measured
+    return "-" if cpu is None else f"{cpu / images:,.0f}" if images == 1 else f"{cpu / images:.1f}"
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:

@@ -29,6 +29,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     client_cpu_s: float  # the load generator's own CPU time
+    warm_up: int = 0  # requests sent before the measured ones (their CPU is the server's too)
 
 
 async def _run(
@@ -65,6 +66,7 @@ async def _run(
         if warm_up is None:
             warm_up = max(2 * concurrency, min(200, requests // 5))
         await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
+        warmed = sent
         deadline = time.perf_counter() + limit_s
         latencies.clear()
         sent, errors = 0, 0
@@ -73,9 +75,8 @@ async def _run(
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     # a slow server may answer only a few bulk requests in the time given
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return LoadResult(
-        len(latencies), errors, seconds, len(latencies) / seconds, quantiles[49] * 1000, quantiles[98] * 1000, cpu
-    )
+    p50_ms, p99_ms = quantiles[49] * 1000, quantiles[98] * 1000
+    return LoadResult(len(latencies), errors, seconds, len(latencies) / seconds, p50_ms, p99_ms, cpu, warmed)
 
 
 def main() -> None:

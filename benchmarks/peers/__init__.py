@@ -272,6 +272,15 @@ class Running:
                 total += process.memory_info().rss
         return total / 2**20
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user and system) used so far by the server's whole process tree."""
+        total = 0.0
+        for process in self.family():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
     def stop(self) -> None:
         """SIGTERM to the server's group, SIGKILL to whatever of its tree is left after 20 s."""
         family = self.family()

@@ -38,8 +38,18 @@ BULK = 1024
 
 
 def load(running: Running, form: Form, x: np.ndarray, concurrency: int, seconds: float, warm_up: int) -> dict[str, Any]:
+    """One timed case, with the CPU it cost the server's process tree and the load generator, per request.
+
+    The server's CPU is read around the whole load, so it also counts the warm-up requests (and whatever the
+    server does by itself meanwhile): `server_cpu_us` divides it by every request sent, warm-up included.
+    """
     body, headers = form.encode(x)
-    return cases.load(running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up)
+    before = running.cpu_s()
+    result = cases.load(running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up)
+    sent = result["requests"] + result["warm_up"]
+    result["server_cpu_us"] = (running.cpu_s() - before) / max(sent, 1) * 1e6
+    result["client_cpu_us"] = result["client_cpu_s"] / max(result["requests"], 1) * 1e6
+    return result
 
 
 def measure(peer: Peer, scratch: Path, seconds: float, workers: int) -> dict[str, Any]:
@@ -183,6 +193,31 @@ def table(report: dict[str, Any], peers: list[Peer]) -> str:
             f"{median_of(ort, 'batch1_ms') or 0:.3f} ms (batch 1) | | | "
             f"{_count(median_of(ort, 'rows_per_s'))} | | |"
         )
+    return "\n".join([*lines, "", cpu_table(report, peers)])
+
+
+def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
+    """Where the time goes: the CPU each case cost the server's whole process tree, per request or image."""
+    lines = [
+        "| server | 1 image: form | server CPU a request, c=1 / after a burst / c=32, us "
+        "| load generator's CPU a request, c=32, us | 1024 images: server CPU an image, us |",
+        "|---|---|---|---|---|",
+    ]
+    for peer in peers:
+        runs = report["runs"][peer.name]
+        if not runs:
+            continue
+        for i, form in enumerate(peer.single):
+            cpu = [median_of(runs, "single", form.name, case, "server_cpu_us") for case in ("c1", "c1_after", "c32")]
+            bulk = median_of(runs, "bulk", "server_cpu_us")
+            row = [
+                f"{peer.title}{_pin(peer)}" if i == 0 else "",
+                form.name,
+                " / ".join(_count(value) for value in cpu),
+                _count(median_of(runs, "single", form.name, "c32", "client_cpu_us")),
+                _ms(None if bulk is None else bulk / BULK) if i == 0 else "",
+            ]
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
