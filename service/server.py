@@ -26,9 +26,19 @@ from service.lifecycle import LIFECYCLE, log_exit
 from service.middleware import GuardMiddleware
 from service.registry import Registry
 from service.runtime import StartUp, prepare_onnxruntime, tune_gc
+from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
-REQUEST_TIMEOUT_S = 30  # BentoML's traffic timeout: a request running longer is answered 504
+
+
+def traffic_timeout(settings: Settings) -> float:
+    """BentoML's own request timeout, in front of the guard: its 504 is neither in the error envelope nor counted.
+
+    It starts when a request arrives and stops when the answer begins, so it is set a second above the longest
+    the guard lets that take (the body within TINYSERVE_BODY_TIMEOUT, then the answer within
+    TINYSERVE_REQUEST_TIMEOUT): the guard's 408 or 504 always comes first, whatever the two settings are.
+    """
+    return settings.body_timeout + settings.request_timeout + 1
 
 
 class PlaneHolder:
@@ -67,7 +77,7 @@ def create_service(start: StartUp) -> Any:
     @bentoml.service(
         name="tinyserve",
         workers=runtime.shape.workers,
-        traffic={"timeout": REQUEST_TIMEOUT_S},
+        traffic={"timeout": traffic_timeout(settings)},
         # BentoML's request metrics label the raw path (a series per unknown URL); the guard counts requests by
         # route template and serves /metrics (every worker's series, BentoML's and ours) behind its token.
         metrics={"enabled": False},
@@ -114,7 +124,7 @@ def create_service(start: StartUp) -> Any:
         @bentoml.on_shutdown  # type: ignore[untyped-decorator]
         async def stop_grpc(self) -> None:
             if self.grpc is not None:
-                stopped = self.grpc.stop(grace=REQUEST_TIMEOUT_S)  # calls in flight finish; new ones: UNAVAILABLE
+                stopped = self.grpc.stop(grace=settings.request_timeout)  # calls in flight finish; new: UNAVAILABLE
                 await asyncio.to_thread(stopped.wait)  # the loop turns meanwhile: those calls run on it
 
         def __is_ready__(self) -> bool:

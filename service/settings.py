@@ -84,9 +84,7 @@ class Settings(BaseSettings):
         description="seconds for a model request's whole body to arrive (then 408); the most a client may "
         "stall reading an answer (then dropped)",
     )
-    request_timeout: float = Field(
-        25.0, gt=0, description="seconds until a model request's answer starts; then 504 (below BentoML's 30 s)"
-    )
+    request_timeout: float = Field(25.0, gt=0, description="seconds until a model request's answer starts; then 504")
     max_body_bytes_in_flight: int = Field(
         64 * 1024 * 1024,
         ge=1024,

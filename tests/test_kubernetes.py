@@ -20,7 +20,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.server import REQUEST_TIMEOUT_S
+from service.server import traffic_timeout
 from service.settings import Settings
 from tests.helpers import REPO
 from tests.server import Server, running
@@ -191,11 +191,22 @@ def test_shutdown_fits_the_grace_period(target: str) -> None:
     """preStop (endpoints catch up), then the service's drain, then its longest request, within the grace."""
     serving, spec = container(target), pod_spec(target)
     pre_stop = serving["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = Settings.model_validate({"drain_seconds": settings_env(target).get("TINYSERVE_DRAIN_SECONDS", "2")})
-    request_timeout = REQUEST_TIMEOUT_S
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + math.ceil(drain.drain_seconds) + request_timeout
+    env = settings_env(target)
+    settings = Settings.model_validate(
+        {
+            name: env[variable]
+            for name, variable in (
+                ("drain_seconds", "TINYSERVE_DRAIN_SECONDS"),
+                ("body_timeout", "TINYSERVE_BODY_TIMEOUT"),
+                ("request_timeout", "TINYSERVE_REQUEST_TIMEOUT"),
+            )
+            if variable in env
+        }
+    )
+    longest = math.ceil(traffic_timeout(settings))  # a request in flight: BentoML's timeout ends it at the latest
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + math.ceil(settings.drain_seconds) + longest
     readiness = serving["readinessProbe"]
-    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= drain.drain_seconds  # seen while draining
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= settings.drain_seconds  # seen while draining
 
 
 def test_rollouts_and_disruptions_keep_a_pod_serving() -> None:

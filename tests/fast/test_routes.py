@@ -9,7 +9,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from client import v2 as v2_client
+from service.runtime import start_up
+from service.server import create_service
+from service.settings import Settings
 from tests.cases import CASES, send
+from tests.fast.conftest import REPO
 
 DIGITS = np.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "digits.npy")
 
@@ -106,3 +110,16 @@ def test_docs_publish_each_model_s_typed_route_from_its_card(client: TestClient)
         body = {field: example[field]["examples"][0]}
         assert client.post(f"/v1/{name}/predict", json=body).status_code == 200, name
     assert "/v1/lenet/predict-image" in spec["paths"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("body", "request_timeout"), [(10.0, 25.0), (30.0, 60.0), (0.5, 0.05)])
+def test_bentomls_own_timeout_never_answers_before_the_guard(body: float, request_timeout: float) -> None:
+    """BentoML's request timeout sits in front of the guard: its 504 is not in the envelope and not counted. A
+    request may take TINYSERVE_BODY_TIMEOUT to arrive, then TINYSERVE_REQUEST_TIMEOUT for its answer to begin;
+    BentoML's must be longer than both together, for any settings (it was a fixed 30 s: a request timeout of
+    60 s was cut at 30 s by BentoML's own answer)."""
+    timeouts = {"body_timeout": body, "request_timeout": request_timeout}
+    chosen = Settings.model_validate({"workers": 1, "threads": 1, "models_dir": REPO / "models"} | timeouts)
+    service = create_service(start_up(chosen, serving=False))
+    assert service.config["traffic"]["timeout"] > body + request_timeout
