@@ -1,7 +1,8 @@
 """`make bench`'s gRPC cases: the Open Inference Protocol over gRPC against V2 HTTP and in-process ONNX Runtime.
 
     .venv/bin/python -m benchmarks.grpc_cases [--quick]             # these cases alone, default shape
-    .venv/bin/python -m benchmarks.grpc_cases load ADDRESS IMAGES CONCURRENCY REQUESTS [CONNECTIONS]  # the load
+    .venv/bin/python -m benchmarks.grpc_cases load ADDRESS IMAGES CONCURRENCY REQUESTS [--connections N]
+        [--seconds S] [--warm-up N]                                 # the load alone
 
 One server at the default shape: one LeNet image per request at c=1 and c=32 (gRPC raw contents, V2 HTTP
 binary, the typed route), then 1,024 images per request, two per worker in flight (gRPC, V2 HTTP binary),
@@ -45,7 +46,17 @@ def _request(images: int) -> Any:
     return request
 
 
-async def _load(address: str, images: int, concurrency: int, requests: int, connections: int) -> dict[str, Any]:
+async def _load(
+    address: str,
+    images: int,
+    concurrency: int,
+    requests: int,
+    connections: int,
+    seconds: float | None = None,
+    warm_up: int | None = None,
+) -> dict[str, Any]:
+    """`requests` calls (or as many as `seconds` allow) at `concurrency`, after `warm_up` calls (default: 2 per
+    call in flight and up to 200), as benchmarks.load does over HTTP."""
     request = _request(images)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
@@ -53,9 +64,11 @@ async def _load(address: str, images: int, concurrency: int, requests: int, conn
     latencies: list[float] = []
     errors, sent = 0, 0
 
+    deadline = float("inf")
+
     async def worker(stub: Any, count: int) -> None:
         nonlocal sent, errors
-        while sent < count:
+        while sent < count and time.perf_counter() < deadline:
             sent += 1
             started = time.perf_counter()
             try:
@@ -64,8 +77,14 @@ async def _load(address: str, images: int, concurrency: int, requests: int, conn
                 errors += 1
             latencies.append(time.perf_counter() - started)
 
-    warm_up = max(2 * concurrency, min(200, requests // 5))
+    if warm_up is None:
+        warm_up = max(2 * concurrency, min(200, requests // 5))
+    if seconds is not None:
+        deadline = time.perf_counter() + seconds  # the warm-up too, as benchmarks.load bounds it
     await asyncio.gather(*(worker(stubs[i % len(stubs)], warm_up) for i in range(concurrency)))
+    warmed = sent
+    if seconds is not None:
+        deadline = time.perf_counter() + seconds
     latencies.clear()
     sent, errors = 0, 0
     cpu, started = time.process_time(), time.perf_counter()
@@ -84,17 +103,26 @@ async def _load(address: str, images: int, concurrency: int, requests: int, conn
         "p99_ms": quantiles[98] * 1000,
         "client_cpu_s": cpu,
         "images_per_s": rps * images,
-        "warm_up": warm_up,
+        "warm_up": warmed,
     }
 
 
 def grpc_load(
-    address: str, images: int, concurrency: int, requests: int, connections: int | None = None
+    address: str,
+    images: int,
+    concurrency: int,
+    requests: int,
+    connections: int | None = None,
+    *,
+    seconds: float | None = None,
+    warm_up: int | None = None,
 ) -> dict[str, Any]:
     """The gRPC load generator in its own process; a connection per request in flight, up to CHANNELS."""
     connections = connections or min(concurrency, CHANNELS)
     command = [sys.executable, "-m", "benchmarks.grpc_cases", "load", address, str(images), str(concurrency)]
-    command += [str(requests), str(connections)]
+    command += [str(requests), "--connections", str(connections)]
+    command += ["--seconds", str(seconds)] if seconds is not None else []
+    command += ["--warm-up", str(warm_up)] if warm_up is not None else []
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -193,10 +221,19 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
 
 def main() -> None:
     if sys.argv[1:2] == ["load"]:
-        address, images, concurrency, requests = sys.argv[2:6]
-        connections = int(sys.argv[6]) if len(sys.argv) > 6 else min(int(concurrency), CHANNELS)
-        result = uvloop.run(_load(address, int(images), int(concurrency), int(requests), connections))  # as load.py
-        print(json.dumps(result))
+        load = argparse.ArgumentParser(prog="python -m benchmarks.grpc_cases load")
+        load.add_argument("address")
+        for name in ("images", "concurrency", "requests"):
+            load.add_argument(name, type=int)
+        load.add_argument(
+            "--connections", type=int, help=f"channels, each its own connection (default: up to {CHANNELS})"
+        )
+        load.add_argument("--seconds", type=float, help="the most the measured calls (and the warm-up) may take")
+        load.add_argument("--warm-up", type=int, help="calls before the measured ones")
+        a = load.parse_args(sys.argv[2:])
+        connections = a.connections or min(a.concurrency, CHANNELS)
+        work = _load(a.address, a.images, a.concurrency, a.requests, connections, a.seconds, a.warm_up)
+        print(json.dumps(uvloop.run(work)))  # uvloop, as benchmarks.load runs
         return
     from service.machine import available_cores, choose_shape
 

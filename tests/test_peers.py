@@ -51,8 +51,9 @@ def test_a_wrong_answer_is_caught(fastapi_peer: peers.Running) -> None:
 
 @pytest.mark.timeout(60)
 def test_tinyserve_answers_in_the_benchmarks_forms(server: Server) -> None:
-    """The typed route, V2 JSON and V2 binary as the benchmark encodes and decodes them, on the shared server."""
-    peers.check(peers.Running(peers.BY_NAME["tinyserve"], server.url, server.process, server.log))
+    """The typed route, V2 JSON, gRPC and V2 binary as the benchmark encodes and decodes them, on the shared server."""
+    assert [form.name for form in peers.BY_NAME["tinyserve"].single] == ["typed JSON", "V2 JSON", "gRPC"]
+    peers.check(peers.Running(peers.BY_NAME["tinyserve"], server.url, server.process, server.log, grpc=server.grpc))
 
 
 @pytest.mark.timeout(240)

@@ -104,15 +104,36 @@ def b64_output(body: bytes, headers: Mapping[str, str]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(json.loads(body)["b64"]), np.float32).reshape(-1, 10)
 
 
+def grpc_infer(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A ModelInferRequest (Triton's protobuf, as tritonclient.grpc sends it) with `x` as raw contents."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="lenet")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(x, np.float32).tobytes())
+    return request.SerializeToString(), {}
+
+
+def grpc_output(body: bytes, headers: Mapping[str, str]) -> np.ndarray:
+    from tritonclient.grpc import service_pb2 as pb
+
+    response = pb.ModelInferResponse.FromString(body)
+    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(list(response.outputs[0].shape))
+
+
 @dataclass(frozen=True)
 class Form:
     """One way of sending LeNet images (n, 1, 32, 32) to a server, and of reading its answer back."""
 
     name: str  # as the table shows it
-    path: str
+    path: str  # the HTTP route, or the gRPC method
     encode: Encoder
     decode: Decoder
     probabilities: bool = False  # the answer is softmax(logits), not the logits
+    grpc: bool = False  # sent over gRPC (the body is the request message) to the server's gRPC port
+
+
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 Command = Callable[[Path, int, int], list[str]]  # (python, port, workers) -> the command line
@@ -175,9 +196,14 @@ PEERS = (
         (
             Form("typed JSON", "/v1/lenet/predict", typed_json, json_field("probabilities"), probabilities=True),
             Form("V2 JSON", "/v2/models/lenet/infer", v2_json, v2_json_output),
+            Form("gRPC", GRPC_INFER, grpc_infer, grpc_output, grpc=True),
         ),
         Form("V2 binary", "/v2/models/lenet/infer", v2_binary, v2_binary_output),
-        lambda port, workers, scratch: {"BENTOML_HOME": str(scratch / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"},
+        lambda port, workers, scratch: {
+            "BENTOML_HOME": str(scratch / "bentoml-home"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "TINYSERVE_GRPC_PORT": str(free_port()),
+        },
     ),
     Peer(
         "fastapi",
@@ -257,6 +283,7 @@ class Running:
     process: subprocess.Popen[bytes]
     log: Path
     cold_start_s: float = 0.0
+    grpc: str = ""  # host:port of its gRPC door, where it has one the benchmark sends to
 
     def family(self) -> list[psutil.Process]:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -310,7 +337,8 @@ def start(peer: Peer, log: Path, *, python: Path | None = None, workers: int = 2
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    running = Running(peer, f"http://127.0.0.1:{port}", process, log)
+    grpc = f"127.0.0.1:{env['TINYSERVE_GRPC_PORT']}" if "TINYSERVE_GRPC_PORT" in env else ""
+    running = Running(peer, f"http://127.0.0.1:{port}", process, log, grpc=grpc)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
@@ -339,8 +367,13 @@ def reference(x: np.ndarray) -> np.ndarray:
     return logits
 
 
-def ask(client: httpx.Client, url: str, form: Form, x: np.ndarray) -> np.ndarray:
+def ask(client: httpx.Client, url: str, form: Form, x: np.ndarray, grpc_address: str = "") -> np.ndarray:
     body, headers = form.encode(x)
+    if form.grpc:
+        import grpc
+
+        with grpc.insecure_channel(grpc_address) as channel:
+            return form.decode(channel.unary_unary(form.path)(body, timeout=60), {})
     response = client.post(url + form.path, content=body, headers=headers)
     if response.status_code != 200:
         raise AssertionError(f"{form.name} {form.path} answered {response.status_code}: {response.text[:500]}")
@@ -355,7 +388,7 @@ def check(running: Running, x: np.ndarray | None = None) -> None:
     softmax /= softmax.sum(1, keepdims=True)
     with httpx.Client(timeout=60) as client:
         answers = [
-            (form, np.concatenate([ask(client, running.url, form, x[i : i + 1]) for i in range(len(x))]))
+            (form, np.concatenate([ask(client, running.url, form, x[i : i + 1], running.grpc) for i in range(len(x))]))
             for form in running.peer.single
         ]
         answers.append((running.peer.bulk, ask(client, running.url, running.peer.bulk, x)))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import cases
+from benchmarks.grpc_cases import grpc_load
 from benchmarks.peers import DIGITS, PEERS, Form, Peer, Running, check, start
 from benchmarks.server import REPO
 from service.machine import available_cores
@@ -45,7 +46,12 @@ def load(running: Running, form: Form, x: np.ndarray, concurrency: int, seconds:
     """
     body, headers = form.encode(x)
     before = running.cpu_s()
-    result = cases.load(running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up)
+    if form.grpc:  # the same shape of load, from grpcio's client (benchmarks.grpc_cases)
+        result = grpc_load(running.grpc, len(x), concurrency, 10**9, seconds=seconds, warm_up=warm_up)
+    else:
+        result = cases.load(
+            running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up
+        )
     sent = result["requests"] + result["warm_up"]
     result["server_cpu_us"] = (running.cpu_s() - before) / max(sent, 1) * 1e6
     result["client_cpu_us"] = result["client_cpu_s"] / max(result["requests"], 1) * 1e6
@@ -235,7 +241,7 @@ def targets(report: dict[str, Any], peers: list[Peer]) -> str:
     def one(peer: Peer, case: str, key: str, form: str = "") -> float:  # a single-image figure, first form
         return of(peer, "single", form or peer.single[0].name, case, key)
 
-    typed, v2 = (form.name for form in tinyserve.single)
+    forms = [form.name for form in tinyserve.single]  # typed JSON first, then V2 JSON and gRPC: the same bars
     c32 = max(frameworks, key=lambda peer: one(peer, "c32", "rps"))
     c1 = min(frameworks, key=lambda peer: one(peer, "c1", "p50_ms"))
     after = min(frameworks, key=lambda peer: one(peer, "c1_after", "p50_ms"))
@@ -244,16 +250,16 @@ def targets(report: dict[str, Any], peers: list[Peer]) -> str:
     light = min(frameworks, key=lambda peer: of(peer, "rss_rest_mib"))
     raw = median_of(report.get("onnxruntime", []), "rows_per_s") or float("nan")
     bulk_images = of(tinyserve, "bulk", "images_per_s")
-    rows = [  # (what, ratio, at least (True) or at most, bar)
-        (f"c=32 req/s, {typed} / {c32.title}", one(tinyserve, "c32", "rps", typed) / one(c32, "c32", "rps"), True, 1.5),
-        (f"c=32 req/s, {v2} / {c32.title}", one(tinyserve, "c32", "rps", v2) / one(c32, "c32", "rps"), True, 1.5),
-        (f"c=1 p50, {typed} / {c1.title}", one(tinyserve, "c1", "p50_ms", typed) / one(c1, "c1", "p50_ms"), False, 1),
-        (
-            f"c=1 p50 after a burst, {typed} / {after.title}",
-            one(tinyserve, "c1_after", "p50_ms", typed) / one(after, "c1_after", "p50_ms"),
-            False,
-            1,
-        ),
+    rows: list[tuple[str, float, bool, float]] = []  # (what, ratio, at least (True) or at most, bar)
+    for form in forms:
+        rps, p50 = one(tinyserve, "c32", "rps", form), one(tinyserve, "c1", "p50_ms", form)
+        p50_after = one(tinyserve, "c1_after", "p50_ms", form)
+        rows += [
+            (f"c=32 req/s, {form} / {c32.title}", rps / one(c32, "c32", "rps"), True, 1.5),
+            (f"c=1 p50, {form} / {c1.title}", p50 / one(c1, "c1", "p50_ms"), False, 1),
+            (f"c=1 p50 after a burst, {form} / {after.title}", p50_after / one(after, "c1_after", "p50_ms"), False, 1),
+        ]
+    rows += [
         ("bulk V2 binary / ONNX Runtime in process", bulk_images / raw, True, 0.9),
         (f"bulk V2 binary / {bulk.title}, {bulk.bulk.name}", bulk_images / of(bulk, "bulk", "images_per_s"), True, 1),
         (f"cold start / {cold.title}", of(tinyserve, "cold_start_s") / of(cold, "cold_start_s"), False, 2),
