@@ -299,14 +299,14 @@ class Running:
                 total += process.memory_info().rss
         return total / 2**20
 
-    def cpu_s(self) -> float:
-        """CPU seconds (user and system) used so far by the server's whole process tree."""
-        total = 0.0
+    def cpu_s(self) -> dict[int, float]:
+        """CPU seconds (user and system) used so far by each process of the server's tree, by pid."""
+        used = {}
         for process in self.family():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
-                total += times.user + times.system
-        return total
+                used[process.pid] = times.user + times.system
+        return used
 
     def stop(self) -> None:
         """SIGTERM to the server's group, SIGKILL to whatever of its tree is left after 20 s."""

@@ -43,6 +43,8 @@ def load(running: Running, form: Form, x: np.ndarray, concurrency: int, seconds:
 
     The server's CPU is read around the whole load, so it also counts the warm-up requests (and whatever the
     server does by itself meanwhile): `server_cpu_us` divides it by every request sent, warm-up included.
+    `busiest_share` is the part of it one process used: near 1 / workers where the connections spread over the
+    workers, near 1 where one worker took them all.
     """
     body, headers = form.encode(x)
     before = running.cpu_s()
@@ -52,8 +54,11 @@ def load(running: Running, form: Form, x: np.ndarray, concurrency: int, seconds:
         result = cases.load(
             running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up
         )
+    after = running.cpu_s()
+    used = [total - before.get(pid, 0.0) for pid, total in after.items()]
     sent = result["requests"] + result["warm_up"]
-    result["server_cpu_us"] = (running.cpu_s() - before) / max(sent, 1) * 1e6
+    result["server_cpu_us"] = sum(used) / max(sent, 1) * 1e6
+    result["busiest_share"] = max(used, default=0.0) / sum(used) if sum(used) > 0 else None
     result["client_cpu_us"] = result["client_cpu_s"] / max(result["requests"], 1) * 1e6
     return result
 
@@ -143,6 +148,10 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _case(runs: list[dict[str, Any]], form: Form, case: str) -> tuple[float | None, ...]:
     """p50, p99, requests/s and errors of one single-image case, medians over the runs."""
     return tuple(median_of(runs, "single", form.name, case, key) for key in ("p50_ms", "p99_ms", "rps", "errors"))
@@ -206,8 +215,9 @@ def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
     """Where the time goes: the CPU each case cost the server's whole process tree, per request or image."""
     lines = [
         "| server | 1 image: form | server CPU a request, c=1 / after a burst / c=32, us "
-        "| load generator's CPU a request, c=32, us | 1024 images: server CPU an image, us |",
-        "|---|---|---|---|---|",
+        "| c=32: the busiest process's share of it | load generator's CPU a request, c=32, us "
+        "| 1024 images: server CPU an image, us |",
+        "|---|---|---|---|---|---|",
     ]
     for peer in peers:
         runs = report["runs"][peer.name]
@@ -220,6 +230,7 @@ def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
                 f"{peer.title}{_pin(peer)}" if i == 0 else "",
                 form.name,
                 " / ".join(_count(value) for value in cpu),
+                _share(median_of(runs, "single", form.name, "c32", "busiest_share")),
                 _count(median_of(runs, "single", form.name, "c32", "client_cpu_us")),
                 _ms(None if bulk is None else bulk / BULK) if i == 0 else "",
             ]
