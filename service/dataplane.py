@@ -81,12 +81,13 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
     model = ServedModel(entry, session, batcher, contract(entry.card), stats.ModelStats(entry.name, entry.version))
     metrics.set_provider(entry.name, entry.version, session.provider)
     logger.info(
-        "loaded %s/%s from %s on %s (intra-op threads %d, verified, warmed) in %.0f ms",
+        "loaded %s/%s from %s on %s (intra-op threads %d, %s, verified, warmed) in %.0f ms",
         entry.name,
         entry.version,
         entry.model_path,
         session.provider,
         runtime.shape.threads,
+        f"calls of at most {session.chunk_rows} rows" if session.chunk_rows else "a call per batch",
         (time.perf_counter() - started) * 1000,
     )
     return model

@@ -1,0 +1,50 @@
+"""A big batch runs as ONNX Runtime calls of a few rows on a one-thread CPU session, with the same answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelrepo import discover
+from service.machine import Cores, Shape
+from service.runtime import CPU, CUDA, Runtime, open_session
+from tests.fast.conftest import REPO
+
+ENTRIES = {entry.name: entry for entry in discover(REPO / "models")}
+ONE_THREAD = Runtime(Cores(1, None), Shape(1, 1, spinning=False), CPU, {}, chunk_bytes=65536)
+
+
+class Counting:
+    """The real session, with the batch size of each of its calls written down."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.rows: list[int] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.rows.append(len(next(iter(feeds.values()))))
+        result: list[np.ndarray] = self.session.run(names, feeds)
+        return result
+
+
+def test_rows_per_call_follow_the_input_size_and_only_on_a_one_thread_cpu_session() -> None:
+    lenet, linear = ENTRIES["lenet"].card.inputs[0], ENTRIES["linear"].card.inputs[0]
+    assert ONE_THREAD.chunk_rows(lenet) == 16  # 65,536 bytes of 1x32x32 float32 images
+    assert ONE_THREAD.chunk_rows(linear) == 16384  # one float a row: no batch it takes is ever split
+    two_threads = Runtime(ONE_THREAD.cores, Shape(1, 2, spinning=False), CPU, {}, chunk_bytes=65536)
+    on_cuda = Runtime(ONE_THREAD.cores, ONE_THREAD.shape, CUDA, {}, chunk_bytes=65536)
+    off = Runtime(ONE_THREAD.cores, ONE_THREAD.shape, CPU, {}, chunk_bytes=0)
+    assert [r.chunk_rows(lenet) for r in (two_threads, on_cuda, off)] == [None, None, None]
+
+
+@pytest.mark.parametrize("rows", [1, 16, 17, 1000])
+def test_a_batch_in_pieces_answers_as_one_call_in_order(rows: int) -> None:
+    model = open_session(ENTRIES["lenet"], ONE_THREAD)
+    x = np.random.default_rng(rows).random((rows, 1, 32, 32), dtype=np.float32)
+    whole = model.session.run(None, {"x": x})[0]
+    counting = Counting(model.session)
+    model.session = counting  # type: ignore[assignment]
+    out = model.run(x)
+    assert counting.rows == [16] * (rows // 16) + ([rows % 16] if rows % 16 else [])
+    np.testing.assert_array_equal(out, whole)  # bit for bit: each row's answer does not depend on its batch
