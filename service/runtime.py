@@ -2,7 +2,7 @@
 
 `preflight` decides once, before any worker starts: the model files match their cards, the provider
 runs (CUDA is proven by a probe), and the worker/thread shape fits the cores. Every worker then loads
-its sessions with that decision. `LoadedModel.run` is the only place where `session.run` is called.
+its sessions with that decision. `ModelSession.run` is the only place where `session.run` is called.
 """
 
 from __future__ import annotations
@@ -82,10 +82,15 @@ class Runtime:
         calls of 16 (bit for bit the same answers). With more threads a session parallelises over the
         batch, and small calls were slower; on a GPU a call is worth more the larger it is.
         """
-        if not self.chunk_bytes or self.provider != CPU or self.shape.threads != 1 or min(spec.shape[1:]) < 1:
+        if not self.chunk_bytes or self.provider != CPU or self.shape.threads != 1:
             return None
-        row_bytes = int(np.prod(spec.shape[1:])) * np.dtype(spec.dtype).itemsize
-        return max(1, self.chunk_bytes // row_bytes)
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError:
+            return None
+        if dtype.kind not in "biuf" or any(side < 1 for side in spec.shape[1:]):
+            return None  # rows of no fixed size in bytes (strings, a dynamic axis): one call per batch
+        return max(1, self.chunk_bytes // (int(np.prod(spec.shape[1:])) * dtype.itemsize))
 
     def describe(self) -> str:
         options = "".join(f", {k}={v}" for k, v in self.provider_options.items())

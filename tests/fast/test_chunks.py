@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from modelrepo import discover
+from modelrepo import TensorSpec, discover
 from service.machine import Cores, Shape
 from service.runtime import CPU, CUDA, Runtime, open_session
 from tests.fast.conftest import REPO
@@ -48,3 +48,9 @@ def test_a_batch_in_pieces_answers_as_one_call_in_order(rows: int) -> None:
     out = model.run(x)
     assert counting.rows == [16] * (rows // 16) + ([rows % 16] if rows % 16 else [])
     np.testing.assert_array_equal(out, whole)  # bit for bit: each row's answer does not depend on its batch
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((-1, -1), "float32"), ((-1, 3), "bytes"), ((-1, 3), "no-such-type")])
+def test_rows_of_no_fixed_size_in_bytes_run_whole(shape: tuple[int, ...], dtype: str) -> None:
+    """A dynamic axis besides the batch, or rows of strings: no size to cut by, so one call per batch."""
+    assert ONE_THREAD.chunk_rows(TensorSpec("x", dtype, shape)) is None
