@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib.util
 import json
 import pstats
 import statistics
@@ -147,6 +148,7 @@ async def _measure(requests: int, profile: bool, layers: bool = False) -> list[d
             session.run(None, {"x": x})
         run = (time.process_time() - started) / requests
         rows.append({"route": name, "request_us": served * 1e6, "onnxruntime_us": run * 1e6})
+    rows.append(await _peer(requests, session))
     if layers:
         await _per_layer(app, max(200, requests // 4))
     if profile:
@@ -160,6 +162,31 @@ async def _measure(requests: int, profile: bool, layers: bool = False) -> list[d
     await events.put({"type": "lifespan.shutdown"})
     await lifespan
     return rows
+
+
+async def _peer(requests: int, session: Any) -> dict[str, Any]:
+    """The FastAPI app of bench-peers (benchmarks/peers/fastapi/app.py), driven the same way: the plain app's
+    CPU a request, for the same body as the typed route's, beside tinyserve's."""
+    spec = importlib.util.spec_from_file_location("fastapi_peer", REPO / "benchmarks" / "peers" / "fastapi" / "app.py")
+    assert spec is not None and spec.loader is not None
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)  # the app opens its own session, as its workers do
+    _, body, headers, x = _requests()["typed JSON (/v1/lenet/predict)"]
+    for _ in range(100):
+        assert await _call(peer.app, "/predict", body, headers) == 200
+    started = time.process_time()
+    for _ in range(requests):
+        await _call(peer.app, "/predict", body, headers)
+    served = (time.process_time() - started) / requests
+    started = time.process_time()
+    for _ in range(requests):
+        session.run(None, {"x": x})
+    run = (time.process_time() - started) / requests
+    return {
+        "route": "FastAPI peer app, the same body (no validation)",
+        "request_us": served * 1e6,
+        "onnxruntime_us": run * 1e6,
+    }
 
 
 def _options() -> Any:
