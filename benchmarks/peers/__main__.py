@@ -216,7 +216,7 @@ def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
     lines = [
         "| server | 1 image: form | server CPU a request, c=1 / after a burst / c=32, us "
         "| c=32: the busiest process's share of it | load generator's CPU a request, c=32, us "
-        "| 1024 images: server CPU an image, us |",
+        "| 1024 images: server CPU an image, us (the busiest process's share) |",
         "|---|---|---|---|---|---|",
     ]
     for peer in peers:
@@ -232,7 +232,9 @@ def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
                 " / ".join(_count(value) for value in cpu),
                 _share(median_of(runs, "single", form.name, "c32", "busiest_share")),
                 _count(median_of(runs, "single", form.name, "c32", "client_cpu_us")),
-                _ms(None if bulk is None else bulk / BULK) if i == 0 else "",
+                f"{_ms(None if bulk is None else bulk / BULK)} ({_share(median_of(runs, 'bulk', 'busiest_share'))})"
+                if i == 0
+                else "",
             ]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
