@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 import uvloop
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from benchmarks import cases
-from benchmarks.server import REPO, Server, launch, stop, wait_ready
+from benchmarks.server import REPO, costed, launch, stop, wait_ready
 from service.machine import Shape
 
 CHANNELS = 8  # connections the load opens at most: a client pool, spread over the workers
@@ -128,27 +125,6 @@ def grpc_load(
     return result
 
 
-def _tree_cpu_s(server: Server) -> float:
-    """CPU seconds used so far by the server's process tree (its workers and the process that started them)."""
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        top = psutil.Process(server.process.pid)
-        for process in [top, *top.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-    return total
-
-
-def _costed(server: Server, case: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`case(*args, **kwargs)`'s result, with the server's CPU per request sent (warm-up included: the CPU is
-    read around both)."""
-    before = _tree_cpu_s(server)
-    result = case(*args, **kwargs)
-    result["server_cpu_us"] = (_tree_cpu_s(server) - before) / max(result["requests"] + result["warm_up"], 1) * 1e6
-    return result
-
-
 def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict[str, Any]:
     print(f"gRPC against V2 HTTP, shape {shape.workers}x{shape.threads}", flush=True)
     env = {"TINYSERVE_WORKERS": str(shape.workers), "TINYSERVE_THREADS": str(shape.threads)}
@@ -161,14 +137,20 @@ def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict
         single: dict[str, dict[str, Any]] = {}
         for c in (1, 32):
             n = requests * (4 if c > 1 else 1)
-            single[f"grpc c={c}"] = _costed(server, grpc_load, server.grpc, 1, c, n)
+            single[f"grpc c={c}"] = costed(server.process.pid, grpc_load, server.grpc, 1, c, n)
             v2_url = f"{server.url}/v2/models/lenet/infer"
-            single[f"v2 http binary c={c}"] = _costed(server, cases.load, v2_url, one_image, c, n, one_headers)
-            single[f"typed c={c}"] = _costed(server, cases.load, f"{server.url}/v1/lenet/predict", typed, c, n)
+            single[f"v2 http binary c={c}"] = costed(
+                server.process.pid, cases.load, v2_url, one_image, c, n, one_headers
+            )
+            single[f"typed c={c}"] = costed(
+                server.process.pid, cases.load, f"{server.url}/v1/lenet/predict", typed, c, n
+            )
         bulk = {
-            "grpc": _costed(server, grpc_load, server.grpc, 1024, in_flight, bulk_requests),
-            "grpc, one connection": _costed(server, grpc_load, server.grpc, 1024, in_flight, bulk_requests, 1),
-            "v2 http binary": _costed(server, cases.bulk_v2, server.url, 1024, in_flight, bulk_requests),
+            "grpc": costed(server.process.pid, grpc_load, server.grpc, 1024, in_flight, bulk_requests),
+            "grpc, one connection": costed(
+                server.process.pid, grpc_load, server.grpc, 1024, in_flight, bulk_requests, 1
+            ),
+            "v2 http binary": costed(server.process.pid, cases.bulk_v2, server.url, 1024, in_flight, bulk_requests),
         }
     finally:
         stop(server)

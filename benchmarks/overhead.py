@@ -135,20 +135,13 @@ async def _measure(requests: int, profile: bool, layers: bool = False) -> list[d
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(REPO / "models" / "lenet" / "1" / "model.onnx"), _options())
-    rows = []
-    for name, (path, body, headers, x) in _requests().items():
-        for _ in range(100):
-            assert await _call(app, path, body, headers) == 200, name
-        started = time.process_time()
-        for _ in range(requests):
-            await _call(app, path, body, headers)
-        served = (time.process_time() - started) / requests
-        started = time.process_time()
-        for _ in range(requests):
-            session.run(None, {"x": x})
-        run = (time.process_time() - started) / requests
-        rows.append({"route": name, "request_us": served * 1e6, "onnxruntime_us": run * 1e6})
-    rows.append(await _peer(requests, session))
+    rows = [
+        await _row(name, app, path, body, headers, x, session, requests)
+        for name, (path, body, headers, x) in _requests().items()
+    ]
+    _, body, headers, x = _requests()["typed JSON (/v1/lenet/predict)"]
+    peer = "FastAPI peer app, the same body (no validation)"
+    rows.append(await _row(peer, _peer_app(), "/predict", body, headers, x, session, requests))
     if layers:
         await _per_layer(app, max(200, requests // 4))
     if profile:
@@ -164,29 +157,38 @@ async def _measure(requests: int, profile: bool, layers: bool = False) -> list[d
     return rows
 
 
-async def _peer(requests: int, session: Any) -> dict[str, Any]:
-    """The FastAPI app of bench-peers (benchmarks/peers/fastapi/app.py), driven the same way: the plain app's
-    CPU a request, for the same body as the typed route's, beside tinyserve's."""
-    spec = importlib.util.spec_from_file_location("fastapi_peer", REPO / "benchmarks" / "peers" / "fastapi" / "app.py")
-    assert spec is not None and spec.loader is not None
-    peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peer)  # the app opens its own session, as its workers do
-    _, body, headers, x = _requests()["typed JSON (/v1/lenet/predict)"]
+async def _row(
+    name: str,
+    app: Any,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    x: np.ndarray,
+    session: Any,
+    requests: int,
+) -> dict[str, Any]:
+    """One route's CPU a request after 100 to warm up, and `session.run` alone on the same input."""
     for _ in range(100):
-        assert await _call(peer.app, "/predict", body, headers) == 200
+        assert await _call(app, path, body, headers) == 200, name
     started = time.process_time()
     for _ in range(requests):
-        await _call(peer.app, "/predict", body, headers)
+        await _call(app, path, body, headers)
     served = (time.process_time() - started) / requests
     started = time.process_time()
     for _ in range(requests):
         session.run(None, {"x": x})
     run = (time.process_time() - started) / requests
-    return {
-        "route": "FastAPI peer app, the same body (no validation)",
-        "request_us": served * 1e6,
-        "onnxruntime_us": run * 1e6,
-    }
+    return {"route": name, "request_us": served * 1e6, "onnxruntime_us": run * 1e6}
+
+
+def _peer_app() -> Any:
+    """The FastAPI app of bench-peers (benchmarks/peers/fastapi/app.py), imported from its file: it opens its own
+    session, as its workers do."""
+    spec = importlib.util.spec_from_file_location("fastapi_peer", REPO / "benchmarks" / "peers" / "fastapi" / "app.py")
+    assert spec is not None and spec.loader is not None
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    return peer.app
 
 
 def _options() -> Any:

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -87,14 +88,45 @@ def wait_ready(server: Server, timeout: float = 90) -> None:
     raise TimeoutError(f"server not ready after {timeout}s:\n{server.output()}")
 
 
+def family(pid: int) -> list[psutil.Process]:
+    """The process `pid` and every process it started (BentoML's workers, Ray's daemons); [] once it is gone."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+    return []
+
+
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user and system) used so far by each process of `pid`'s tree, by pid."""
+    used = {}
+    for process in family(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            used[process.pid] = times.user + times.system
+    return used
+
+
+def costed(pid: int, case: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`case(*args, **kwargs)` (a load generator's result), with what it cost the server whose process is `pid`.
+
+    The CPU is read around the whole load, so it counts the warm-up requests too (and whatever the server does
+    by itself meanwhile): `server_cpu_us` divides it by every request sent, warm-up included. `busiest_share`
+    is the part of it one process used: near 1 / workers where the connections spread over the workers, near
+    1 where one worker took them all.
+    """
+    before = tree_cpu_s(pid)
+    result = case(*args, **kwargs)
+    used = [total - before.get(process, 0.0) for process, total in tree_cpu_s(pid).items()]
+    result["server_cpu_us"] = sum(used) / max(result["requests"] + result["warm_up"], 1) * 1e6
+    result["busiest_share"] = max(used) / sum(used) if sum(used) > 0 else None
+    return result
+
+
 def kill(server: Server) -> None:
     """SIGKILL the server and every process it started (BentoML's workers are not all in its group)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        family = [psutil.Process(server.process.pid)]
-        family += family[0].children(recursive=True)
-        for process in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+    for process in family(server.process.pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     server.process.wait()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 
-from benchmarks.server import REPO, free_port
+from benchmarks.server import REPO, family, free_port
 from client.v2 import binary_request
 
 HERE = REPO / "benchmarks" / "peers"
@@ -285,35 +285,20 @@ class Running:
     cold_start_s: float = 0.0
     grpc: str = ""  # host:port of its gRPC door, where it has one the benchmark sends to
 
-    def family(self) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            top = psutil.Process(self.process.pid)
-            return [top, *top.children(recursive=True)]
-        return []
-
     def rss_mib(self) -> float:
         """The resident memory of the server's whole process tree (workers, replicas, Ray's daemons)."""
         total = 0
-        for process in self.family():
+        for process in family(self.process.pid):
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total / 2**20
 
-    def cpu_s(self) -> dict[int, float]:
-        """CPU seconds (user and system) used so far by each process of the server's tree, by pid."""
-        used = {}
-        for process in self.family():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                used[process.pid] = times.user + times.system
-        return used
-
     def stop(self) -> None:
         """SIGTERM to the server's group, SIGKILL to whatever of its tree is left after 20 s."""
-        family = self.family()
+        tree = family(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(family, timeout=20)
+        _, alive = psutil.wait_procs(tree, timeout=20)
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()

@@ -31,7 +31,7 @@ import numpy as np
 from benchmarks import cases
 from benchmarks.grpc_cases import grpc_load
 from benchmarks.peers import DIGITS, PEERS, Form, Peer, Running, check, start
-from benchmarks.server import REPO
+from benchmarks.server import REPO, costed
 from service.machine import available_cores
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -39,26 +39,14 @@ BULK = 1024
 
 
 def load(running: Running, form: Form, x: np.ndarray, concurrency: int, seconds: float, warm_up: int) -> dict[str, Any]:
-    """One timed case, with the CPU it cost the server's process tree and the load generator, per request.
-
-    The server's CPU is read around the whole load, so it also counts the warm-up requests (and whatever the
-    server does by itself meanwhile): `server_cpu_us` divides it by every request sent, warm-up included.
-    `busiest_share` is the part of it one process used: near 1 / workers where the connections spread over the
-    workers, near 1 where one worker took them all.
-    """
+    """One timed case, with what it cost the server (benchmarks.server.costed) and the load generator."""
     body, headers = form.encode(x)
-    before = running.cpu_s()
+    pid = running.process.pid
     if form.grpc:  # the same shape of load, from grpcio's client (benchmarks.grpc_cases)
-        result = grpc_load(running.grpc, len(x), concurrency, 10**9, seconds=seconds, warm_up=warm_up)
+        result = costed(pid, grpc_load, running.grpc, len(x), concurrency, 10**9, seconds=seconds, warm_up=warm_up)
     else:
-        result = cases.load(
-            running.url + form.path, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up
-        )
-    after = running.cpu_s()
-    used = [total - before.get(pid, 0.0) for pid, total in after.items()]
-    sent = result["requests"] + result["warm_up"]
-    result["server_cpu_us"] = sum(used) / max(sent, 1) * 1e6
-    result["busiest_share"] = max(used, default=0.0) / sum(used) if sum(used) > 0 else None
+        url = running.url + form.path
+        result = costed(pid, cases.load, url, body, concurrency, 10**9, headers, seconds=seconds, warm_up=warm_up)
     result["client_cpu_us"] = result["client_cpu_s"] / max(result["requests"], 1) * 1e6
     return result
 
