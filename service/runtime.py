@@ -78,8 +78,8 @@ class Runtime:
         """Rows per ONNX Runtime call for a model taking `spec`, or None: the whole batch in one call.
 
         Only on the CPU with one intra-op thread a session: a big batch's intermediate tensors (LeNet's first
-        convolution, ~19 KB an image) then outgrow the core's cache, and 1024 images ran 1.25-1.3x faster as
-        calls of 16 (bit for bit the same answers). With more threads a session parallelises over the
+        convolution, ~19 KB an image) then outgrow the core's cache, and 1024 images ran ~1.4x faster in process
+        as calls of 16 (bit for bit the same answers). With more threads a session parallelises over the
         batch, and small calls were slower; on a GPU a call is worth more the larger it is.
         """
         if not self.chunk_bytes or self.provider != CPU or self.shape.threads != 1:
