@@ -100,9 +100,16 @@ class SharedFiles:
 
 
 def _replace(path: Path, data: dict[str, Any]) -> None:
-    """Write whole or not at all: a temporary file beside it, then one rename."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=".json", delete=False) as f:
-        json.dump(data, f)
+    """Write whole or not at all: a temporary file beside it, then one rename. The temporary file's name does
+    not end in `.json`, so a reader listing `*.json` (pathlib's glob matches dot files) never opens it half
+    written."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        try:
+            json.dump(data, f)
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
     os.replace(f.name, path)
 
 

@@ -55,7 +55,10 @@ def _reports(control: Path, until: object, attempts: int = 600) -> dict[int, dic
     for _ in range(attempts):
         reports = {}
         for path in (control / "workers").glob("*.json"):
-            report = json.loads(path.read_text())
+            try:
+                report = json.loads(path.read_text())
+            except FileNotFoundError:  # a dead worker's report, removed by a live one since the listing
+                continue
             if psutil.pid_exists(report["pid"]):
                 reports[report["pid"]] = report
         if until(reports):  # type: ignore[operator]

@@ -7,9 +7,12 @@ made once per process: the real servers, with several workers, are tests/test_co
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 from starlette.testclient import TestClient
@@ -17,7 +20,7 @@ from starlette.testclient import TestClient
 import modelrepo
 import provenance
 from benchmarks.repository import keypair, publish, repository, set_policy
-from service import repository_api, v2
+from service import repository_api, served_state, v2
 from service.control import Controller
 from service.dataplane import Batching, DataPlane
 from service.lifecycle import Lifecycle
@@ -229,3 +232,22 @@ def test_the_start_checks_the_versions_the_policy_serves(root: Path) -> None:
     set_policy(root, "linear", {"specific": {"versions": [1]}})
     start = start_up(settings, serving=False)  # version 2 neither serves nor is checked
     assert [(e.name, e.version) for e in start.entries] == [("blobs", "1"), ("linear", "1")]
+
+
+def test_a_reader_listing_the_reports_never_opens_one_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = served_state.SharedFiles(tmp_path)
+    files.report(served_state.Report(pid=os.getpid(), generation=1, served={"linear": ["1"]}, failures={}))
+    seen: list[dict[str, object]] = []
+    dump = json.dump
+
+    def dump_while_a_reader_lists(data: object, f: TextIO) -> None:  # the temporary file exists, still empty
+        seen.extend(json.loads(path.read_text()) for path in files.workers.glob("*.json"))
+        dump(data, f)
+
+    monkeypatch.setattr(served_state.json, "dump", dump_while_a_reader_lists)
+    files.report(served_state.Report(pid=os.getpid(), generation=2, served={"linear": ["2"]}, failures={}))
+    assert [report["generation"] for report in seen] == [1]  # the old report, whole; never the one being written
+    assert [report.generation for report in files.reports()] == [2]
+    assert sorted(path.name for path in files.workers.iterdir()) == [f"{os.getpid()}.json"]  # no temporary file left
