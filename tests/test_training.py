@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import modelrepo
+import training
 from training import blobs, data, multilinear, recipes
 from training.__main__ import main as train_main
 from training.common import seed_everything
@@ -149,6 +150,19 @@ def test_exported_models_accept_any_batch_size(trained: Path) -> None:
         for batch in (1, 7, 256):
             (out,) = session.run(None, {"x": np.zeros((batch, *feature_shape), np.float32)})
             assert out.shape == (batch, *entry.card.outputs[0].shape[1:])
+
+
+def test_numpy_runs_pinned_in_training_and_as_the_machine_would_in_what_it_starts() -> None:
+    """The pins hold in the process that trains and stay out of the environment its children inherit: a test's
+    server started after `import training` runs numpy's loops as the machine would, as its clients do."""
+    code = (
+        "import os, training; from numpy._core._multiarray_umath import __cpu_features__ as features; "
+        "print(features['X86_V3'], os.environ.get('NPY_DISABLE_CPU_FEATURES'), os.environ.get('OPENBLAS_CORETYPE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in training.NUMPY_PINS} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "None", "None"]
+    assert not training.NUMPY_PINS.keys() & os.environ.keys()  # this process imported training too
 
 
 def test_other_cpus_kernels_give_the_same_bytes(tmp_path: Path) -> None:

@@ -20,6 +20,10 @@ PINNED_ENVIRONMENT = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN is switched off for training; this holds if anything reaches it
     "OMP_NUM_THREADS": "1",  # one thread: the order of every reduction is fixed
     "MKL_NUM_THREADS": "1",
+}
+os.environ.update(PINNED_ENVIRONMENT)
+
+NUMPY_PINS = {
     # numpy's own BLAS (OpenBLAS: the matrix products of the data's augmentation and of preprocessing) picks its
     # kernels by the CPU too (Haswell here, SkylakeX there): its SSE kernels everywhere, on one thread.
     "OPENBLAS_CORETYPE": "Prescott",
@@ -27,4 +31,15 @@ PINNED_ENVIRONMENT = {
     # and numpy's ufuncs their SIMD loops: the baseline (x86-64-v2) loops everywhere, never AVX2 or AVX-512 ones
     "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
 }
-os.environ.update(PINNED_ENVIRONMENT)
+# numpy reads these once, as it is first imported: imported here under them, then they are taken out of the
+# environment again, so that what this process starts (a test's server) runs numpy as the machine would; a
+# server whose softmax took other loops than its client's would give other last bits.
+_given = {name: os.environ.get(name) for name in NUMPY_PINS}
+os.environ.update(NUMPY_PINS)
+import numpy  # noqa: E402, F401
+
+for _name, _value in _given.items():
+    if _value is None:
+        os.environ.pop(_name, None)
+    else:
+        os.environ[_name] = _value
