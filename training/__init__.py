@@ -31,15 +31,22 @@ NUMPY_PINS = {
     # and numpy's ufuncs their SIMD loops: the baseline (x86-64-v2) loops everywhere, never AVX2 or AVX-512 ones
     "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
 }
-# numpy reads these once, as it is first imported: imported here under them, then they are taken out of the
-# environment again, so that what this process starts (a test's server) runs numpy as the machine would; a
-# server whose softmax took other loops than its client's would give other last bits.
-_given = {name: os.environ.get(name) for name in NUMPY_PINS}
-os.environ.update(NUMPY_PINS)
-import numpy  # noqa: E402, F401
 
-for _name, _value in _given.items():
-    if _value is None:
-        os.environ.pop(_name, None)
-    else:
-        os.environ[_name] = _value
+
+def _import_numpy_pinned() -> None:
+    """numpy reads NUMPY_PINS once, as it is first imported: imported here under them, then they are taken out of
+    the environment again, so that what this process starts (a test's server) runs numpy as the machine would; a
+    server whose softmax took other loops than its client's would give other last bits."""
+    given = {name: os.environ.get(name) for name in NUMPY_PINS}
+    os.environ.update(NUMPY_PINS)
+    try:
+        import numpy  # noqa: F401
+    finally:
+        for name, value in given.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_import_numpy_pinned()
