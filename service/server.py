@@ -25,7 +25,7 @@ from service.fastpath import FastPath
 from service.lifecycle import LIFECYCLE, log_exit
 from service.middleware import GuardMiddleware
 from service.registry import Registry
-from service.runtime import StartUp, prepare_onnxruntime, tune_gc
+from service.runtime import StartUp, prepare_onnxruntime, tune_gc, tune_malloc
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.tinyserve")
@@ -103,6 +103,7 @@ def create_service(start: StartUp) -> Any:
             tune_gc()
             if threading.current_thread() is threading.main_thread():  # a served worker (not an in-process test)
                 LIFECYCLE.install(settings.drain_seconds)
+                tune_malloc(settings.malloc_keep_mib)
             control.watch()
             compat.join_listeners(per_worker=per_worker_sockets)  # from now on this worker gets connections
 

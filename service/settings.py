@@ -40,6 +40,18 @@ class Settings(BaseSettings):
         description="CPU, one intra-op thread: a batch runs as ONNX Runtime calls of at most this many input "
         "bytes (LeNet: 16 images), whose activations stay in the core's cache; 0: one call per batch",
     )
+    bulk_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU, one intra-op thread: threads one worker may run a long batch's calls of run_chunk_bytes "
+        "on, so that a lone bulk request uses every core; 0 = the available cores, 1 = one thread",
+    )
+    malloc_keep_mib: int = Field(
+        32,
+        ge=0,
+        description="glibc: freed memory (MiB) a worker keeps for its next large body instead of returning it to "
+        "the kernel, which then faults every page of a 4 MiB body in afresh; 0: glibc's own thresholds",
+    )
     max_latency_ms: int = Field(
         1000, ge=1, description="a queued request older than this is shed with 503 (batching only)"
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -18,12 +21,20 @@ ONE_THREAD = Runtime(Cores(1, None), Shape(1, 1, spinning=False), CPU, {}, chunk
 class Counting:
     """The real session, with the batch size of each of its calls written down."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, meet: int = 0) -> None:
         self.session = session
         self.rows: list[int] = []
+        self.threads: set[str] = set()
+        # each of `meet` threads waits, on its first call, for the others' first: each is sure to make one
+        self.meet = threading.Barrier(meet, timeout=30) if meet else None
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.rows.append(len(next(iter(feeds.values()))))
+        thread = threading.current_thread().name
+        if thread not in self.threads:
+            self.threads.add(thread)
+            if self.meet is not None:
+                self.meet.wait()
         result: list[np.ndarray] = self.session.run(names, feeds)
         return result
 
@@ -48,6 +59,34 @@ def test_a_batch_in_pieces_answers_as_one_call_in_order(rows: int) -> None:
     out = model.run(x)
     assert counting.rows == [16] * (rows // 16) + ([rows % 16] if rows % 16 else [])
     np.testing.assert_array_equal(out, whole)  # bit for bit: each row's answer does not depend on its batch
+
+
+@pytest.mark.parametrize(("rows", "helpers"), [(17, 0), (48, 0), (49, 1), (1000, 1)])
+def test_a_long_batch_s_calls_are_spread_over_threads_with_the_same_answers(rows: int, helpers: int) -> None:
+    """Two threads take the calls in turn: at least two calls each (49 rows: 4), or the caller runs them all."""
+    two = replace(ONE_THREAD, cores=Cores(2, None), bulk_threads=2)
+    assert two.spread(ENTRIES["lenet"].card.inputs[0]) == 2
+    assert two.spread(ENTRIES["linear"].card.inputs[0]) == 2  # spread once cut: past 16,384 rows
+    model = open_session(ENTRIES["lenet"], two)
+    assert model.threads == 2
+    x = np.random.default_rng(rows).random((rows, 1, 32, 32), dtype=np.float32)
+    whole = model.session.run(None, {"x": x})[0]
+    counting = Counting(model.session, meet=1 + helpers)
+    model.session = counting  # type: ignore[assignment]
+    out = model.run(x)
+    assert sorted(counting.rows, reverse=True) == [16] * (rows // 16) + ([rows % 16] if rows % 16 else [])
+    assert len(counting.threads) == 1 + helpers
+    assert threading.current_thread().name in counting.threads
+    np.testing.assert_array_equal(out, whole)
+
+
+def test_a_call_that_fails_fails_the_batch_whichever_thread_made_it() -> None:
+    model = open_session(ENTRIES["lenet"], replace(ONE_THREAD, bulk_threads=2))
+    x = np.zeros((256, 1, 32, 32), dtype=np.float32)
+    x_wrong = x.astype(np.float64)  # every call refused by ONNX Runtime, whichever thread makes it
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="double"):
+        model.run(x_wrong)
+    np.testing.assert_array_equal(model.run(x), model.session.run(None, {"x": x})[0])  # and it runs on
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [((-1, -1), "float32"), ((-1, 3), "bytes"), ((-1, 3), "no-such-type")])
