@@ -4,7 +4,9 @@
 
 In process, no server: images/s for each number of rows per `session.run` at one intra-op thread and at two,
 then two one-thread sessions side by side (the default shape's two workers on 2 cores), in calls of the whole
-batch and of the rows the service would use. Prints one table; spinning off, as the service runs it.
+batch and of the rows the service would use, and one worker's session running a lone batch as the service
+does (`ModelSession.run`: its calls spread over two threads, TINYSERVE_BULK_THREADS). Prints one table;
+spinning off, as the service runs it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import onnxruntime as ort
 from benchmarks.server import REPO
 from modelrepo import discover
 from service.machine import Cores, Shape
-from service.runtime import CPU, Runtime
+from service.runtime import CPU, Runtime, open_session
 from service.settings import Settings
 
 ROWS = (1024, 256, 64, 32, 16, 8)
@@ -61,6 +63,26 @@ def side_by_side(x: np.ndarray, rows: int, seconds: float) -> float:
     return sum(rates)
 
 
+def spread(x: np.ndarray, threads: int, seconds: float) -> float:
+    """The service's own `ModelSession.run` on a one-thread session, its calls taken in turn by `threads`."""
+    entry = {entry.name: entry for entry in discover(REPO / "models")}["lenet"]
+    runtime = Runtime(
+        Cores(threads, None),
+        Shape(1, 1, spinning=False),
+        CPU,
+        {},
+        chunk_bytes=Settings().run_chunk_bytes,
+        bulk_threads=threads,
+    )
+    model = open_session(entry, runtime)
+    model.run(x)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.run(x)
+        done += len(x)
+    return done / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds for each figure (default: 1)")
@@ -77,7 +99,8 @@ def main() -> None:
         print(f"| {rows} | {on_one:,.0f} | {on_two:,.0f} |")
     print(
         f"\nTwo one-thread sessions side by side: {side_by_side(x, BATCH, args.seconds):,.0f} images/s in calls of "
-        f"{BATCH}, {side_by_side(x, served, args.seconds):,.0f} in calls of {served}."
+        f"{BATCH}, {side_by_side(x, served, args.seconds):,.0f} in calls of {served}. One one-thread session, a "
+        f"batch's calls of {served} spread over 2 threads (the service's bulk): {spread(x, 2, args.seconds):,.0f}."
     )
 
 

@@ -350,7 +350,8 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 40)
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
+ARENAS = 2  # the main thread's heap and one the other threads share (tune_malloc)
 
 
 def tune_malloc(keep_mib: int) -> bool:
@@ -362,14 +363,17 @@ def tune_malloc(keep_mib: int) -> bool:
     returned), so the next request faulted ~1,000 fresh zeroed pages in for each: measured at one worker with
     1024-image gRPC requests, 6.2 us of system CPU an image, 2.7 with the buffers kept, and ~8% more images/s.
     Both thresholds fixed (glibc otherwise moves them): no allocation up to the keep size gets a mapping of its
-    own, and a worker's heap shrinks once more than that is free. Costs at most that much resident memory a
-    worker after a burst. Not glibc (musl, macOS): nothing to do.
+    own, and a heap shrinks once more than that is free. glibc gives each thread that allocates at once with
+    another a heap of its own (up to 8 a core), each of which would then keep as much: two heaps (the main
+    thread's, and one the others share) bound what a worker keeps after a burst at about twice the keep size.
+    Not glibc (musl, macOS): nothing to do.
     """
     if keep_mib <= 0 or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
     size = keep_mib * 1024 * 1024
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, size)) and bool(libc.mallopt(M_TRIM_THRESHOLD, size))
+    options = ((M_ARENA_MAX, ARENAS), (M_MMAP_THRESHOLD, size), (M_TRIM_THRESHOLD, size))
+    return all([bool(libc.mallopt(option, value)) for option, value in options])
 
 
 def prepare_onnxruntime(runtime: Runtime) -> None:
