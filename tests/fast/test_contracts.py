@@ -162,3 +162,30 @@ def test_http_refuses_arbitrary_json_with_a_4xx_never_a_5xx(http: TestClient, bo
         assert r.status_code in (200, 400), (route, body, r.text)
         if r.status_code == 400:
             assert set(r.json()) <= {"error", "detail"}
+
+
+IMAGE_WITH_A_STRING: list[list[Any]] = [[0.5] * 28 for _ in range(28)]
+IMAGE_WITH_A_STRING[3][4] = "0.5"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "sentence"),
+    [
+        ("linear", {"x": ["1.5", 2]}, "x[0]: input should be a valid number, got string '1.5'"),
+        ("linear", {"x": [{}]}, "x[0]: input should be a valid number, got an object"),
+        ("linear", {"x": [None]}, "x[0]: input should be a valid number, got null"),
+        ("multilinear", {"x": [[1, 2, "3"]]}, "x[0][2]: input should be a valid number, got string '3'"),
+        (
+            "lenet",
+            {"images": [IMAGE_WITH_A_STRING]},
+            "images[0][3][4]: input should be a valid number, got string '0.5'",
+        ),
+    ],
+)
+def test_a_number_written_as_a_string_or_an_object_is_refused_as_pydantic_words_it(
+    name: str, body: dict[str, Any], sentence: str
+) -> None:
+    """The fast path on whole arrays never takes a number written as a string ("1.5"): Pydantic words it."""
+    with pytest.raises(InvalidInput) as refused:
+        CONTRACTS[name].parse(json.dumps(body).encode())
+    assert str(refused.value) == sentence
