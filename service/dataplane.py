@@ -87,7 +87,9 @@ def load_model(entry: modelrepo.ModelEntry, runtime: Runtime, batching: Batching
         entry.model_path,
         session.provider,
         runtime.shape.threads,
-        f"calls of at most {session.chunk_rows} rows" if session.chunk_rows else "a call per batch",
+        f"calls of at most {session.chunk_rows} rows, spread over {session.threads} threads"
+        if session.chunk_rows
+        else "a call per batch",
         (time.perf_counter() - started) * 1000,
     )
     return model

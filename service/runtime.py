@@ -233,9 +233,8 @@ def open_session(entry: modelrepo.ModelEntry, runtime: Runtime) -> ModelSession:
     _check_against_card(entry, session)
     reported = session.get_provider_options().get(active, {})
     options = {key: reported.get(key, value) for key, value in runtime.provider_options.items()}
-    spec = entry.card.inputs[0]
-    model = ModelSession(entry, session, options, runtime.chunk_rows(spec), runtime.spread(spec))
     spec_in, spec_out = entry.card.inputs[0], entry.card.outputs[0]
+    model = ModelSession(entry, session, options, runtime.chunk_rows(spec_in), runtime.spread(spec_in))
     warm = np.zeros((1, *spec_in.shape[1:]), dtype=np.float32)
     out = session.run(None, {spec_in.name: warm})[0]
     if out.shape != (1, *spec_out.shape[1:]):

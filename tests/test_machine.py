@@ -161,6 +161,9 @@ def test_settings_override_the_shape_and_start_logs_it_once(tmp_path: Path) -> N
         assert started.endswith("-> 2 workers x 1 intra-op threads, spinning on; CPUExecutionProvider")
         loaded = [line for line in lines if "loaded lenet/1 " in line]
         assert len(loaded) == 2 and all("intra-op threads 1," in line for line in loaded)  # one per worker
+        # one intra-op thread: a long batch runs as calls of 16 images, taken in turn by a thread a core
+        spread = f"calls of at most 16 rows, spread over {available_cores().available} threads"
+        assert all(spread in line for line in loaded), loaded
 
 
 def test_request_bodies_are_acknowledged_promptly(server: Server) -> None:
