@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -43,11 +45,16 @@ def images_per_s(session: ort.InferenceSession, x: np.ndarray, rows: int, second
         for start in range(0, len(x), rows):
             session.run(None, {"x": x[start : start + rows]})
 
+    return rate(batch, len(x), seconds)
+
+
+def rate(batch: Callable[[], object], images: int, seconds: float) -> float:
+    """Images/s of `batch` (`images` a call), called back to back for about `seconds` after one warm-up call."""
     batch()
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         batch()
-        done += len(x)
+        done += images
     return done / (time.perf_counter() - started)
 
 
@@ -63,44 +70,26 @@ def side_by_side(x: np.ndarray, rows: int, seconds: float) -> float:
     return sum(rates)
 
 
-def spread(x: np.ndarray, threads: int, seconds: float) -> float:
-    """The service's own `ModelSession.run` on a one-thread session, its calls taken in turn by `threads`."""
-    entry = {entry.name: entry for entry in discover(REPO / "models")}["lenet"]
-    runtime = Runtime(
-        Cores(threads, None),
-        Shape(1, 1, spinning=False),
-        CPU,
-        {},
-        chunk_bytes=Settings().run_chunk_bytes,
-        bulk_threads=threads,
-    )
-    model = open_session(entry, runtime)
-    model.run(x)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        model.run(x)
-        done += len(x)
-    return done / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds for each figure (default: 1)")
     args = parser.parse_args()
     x = np.random.default_rng(0).random((BATCH, 1, 32, 32), dtype=np.float32)
-    lenet = {entry.name: entry for entry in discover(REPO / "models")}["lenet"].card.inputs[0]
+    lenet = {entry.name: entry for entry in discover(REPO / "models")}["lenet"]
     runtime = Runtime(Cores(1, None), Shape(1, 1, spinning=False), CPU, {}, chunk_bytes=Settings().run_chunk_bytes)
-    served = runtime.chunk_rows(lenet) or BATCH
+    served = runtime.chunk_rows(lenet.card.inputs[0]) or BATCH
+    spread = open_session(lenet, replace(runtime, cores=Cores(2, None), bulk_threads=2))  # the service's own run
     one, two = _session(1), _session(2)
     print(f"| rows per call (the service's, one thread: {served}) | 1 thread, images/s | 2 threads, images/s |")
     print("|---|---|---|")
     for rows in sorted({*ROWS, served}, reverse=True):
         on_one, on_two = images_per_s(one, x, rows, args.seconds), images_per_s(two, x, rows, args.seconds)
         print(f"| {rows} | {on_one:,.0f} | {on_two:,.0f} |")
+    on_two_threads = rate(lambda: spread.run(x), len(x), args.seconds)
     print(
         f"\nTwo one-thread sessions side by side: {side_by_side(x, BATCH, args.seconds):,.0f} images/s in calls of "
         f"{BATCH}, {side_by_side(x, served, args.seconds):,.0f} in calls of {served}. One one-thread session, a "
-        f"batch's calls of {served} spread over 2 threads (the service's bulk): {spread(x, 2, args.seconds):,.0f}."
+        f"batch's calls of {served} spread over 2 threads (the service's bulk): {on_two_threads:,.0f}."
     )
 
 
