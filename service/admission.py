@@ -3,11 +3,13 @@
 TINYSERVE_MAX_CONCURRENCY is a worker's limit on model requests in flight, whichever door they came in
 by: a client that fills it over HTTP gets RESOURCE_EXHAUSTED on gRPC too, and the other way round (two
 counters would let a client hold twice the limit). While the worker drains, both doors refuse new work.
+The event loop (HTTP) and the gRPC server's threads take slots: the count changes under a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 from service import metrics
@@ -20,6 +22,7 @@ class Admission:
         self.limit = limit
         self.lifecycle = lifecycle
         self.in_flight = 0
+        self._lock = threading.Lock()
 
     def refusal(self) -> ServingError | None:
         """Why a new request may not start now (counted on /metrics), or None."""
@@ -39,16 +42,23 @@ class Admission:
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         """Hold a slot for the request's time (the caller checked `refusal()` first)."""
-        self.in_flight += 1
+        with self._lock:
+            self.in_flight += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
+            with self._lock:
+                self.in_flight -= 1
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
-        """A slot, or the refusal raised."""
-        if (error := self.refusal()) is not None:
-            raise error
-        with self.slot():
+        """A slot, or the refusal raised (checked and taken at once: threads call this)."""
+        with self._lock:
+            if (error := self.refusal()) is not None:
+                raise error
+            self.in_flight += 1
+        try:
             yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1

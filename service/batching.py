@@ -5,11 +5,17 @@ already read joins it; requests that arrive while a call runs queue, and the nex
 to `max_rows` rows. Nothing waits for company that is not coming: a lone request pays one loop turn
 (microseconds), and under load the batches grow by themselves with the model's own latency, as Triton's
 dynamic batcher does with no queue delay. A request that waited in the queue past `max_wait_s` is shed.
+
+Threads that are not the event loop's (the gRPC door's) call `run_blocking` and merge with each other the same
+way, without the loop: the first caller to find no call running leads, running what is queued on its own
+thread; callers that arrive meanwhile wait, and when the call ends the oldest of them leads the next. A lone
+call runs where it arrived, with no thread hop; under load, the same batches form.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +36,19 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     timing: Timing | None
     queued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A call of `run_blocking`: its rows, and what its thread is woken with."""
+
+    x: np.ndarray
+    timing: Timing | None
+    queued: float = field(default_factory=time.perf_counter)
+    woken: threading.Event = field(default_factory=threading.Event)
+    out: np.ndarray | BaseException | None = None
+    lead: bool = False  # woken to run the next call, not with an answer
+    gone: bool = False  # stopped waiting (its time was up): not run
 
 
 class Batcher:
@@ -55,6 +74,10 @@ class Batcher:
         self._closed = False
         self._running: asyncio.Task[None] | None = None
         self._limiter = anyio.CapacityLimiter(1)  # one ONNX Runtime call per model at a time
+        self._lock = threading.Lock()  # run_blocking's queue, filled and emptied by other threads than the loop
+        self._waiting: deque[_Waiter] = deque()
+        self._leading = False  # a thread runs the threads' call now
+        self._blocking = 0  # run_blocking calls in progress
 
     async def __call__(self, x: np.ndarray, timing: Timing | None = None) -> np.ndarray:
         if self._closed:
@@ -74,6 +97,88 @@ class Batcher:
                 await self._running
             else:
                 await asyncio.sleep(0)  # a flush is scheduled for this loop turn
+        while self._blocking:
+            await asyncio.sleep(0.005)  # the other threads' calls end on those threads
+
+    def run_blocking(self, x: np.ndarray, timing: Timing | None = None, timeout: float | None = None) -> np.ndarray:
+        """`run(x)` merged with the calls of other threads queued meanwhile, from a thread that is not the event
+        loop's. TimeoutError if its answer is not there within `timeout` s (a call already running finishes)."""
+        if self._closed:
+            raise Unavailable("this model version is being unloaded; send the request again")
+        me = _Waiter(x, timing)
+        with self._lock:
+            self._blocking += 1
+            self._waiting.append(me)
+            me.lead = not self._leading
+            self._leading = True
+        try:
+            if not me.lead:
+                if not me.woken.wait(timeout):
+                    with self._lock:
+                        me.gone = not me.woken.is_set()
+                    if me.gone:
+                        raise TimeoutError
+                if me.lead:
+                    self._lead()
+            else:
+                self._lead()
+        finally:
+            with self._lock:
+                self._blocking -= 1
+        if isinstance(me.out, BaseException):
+            raise me.out
+        assert me.out is not None
+        return me.out
+
+    def _lead(self) -> None:
+        """Run the oldest queued calls (the leader's own among them) as one, hand each its rows, then pass the
+        lead to the oldest still waiting. Without batching, the oldest alone."""
+        limit = self.max_rows if self.enabled else 0
+        with self._lock:
+            jobs: list[_Waiter] = []
+            rows = 0
+            now = time.perf_counter()
+            while self._waiting and (not jobs or rows + len(self._waiting[0].x) <= limit):
+                job = self._waiting.popleft()
+                if job.gone:
+                    continue
+                if now - job.queued > self.max_wait_s:
+                    job.out = Unavailable(SHED)
+                    job.woken.set()
+                    continue
+                if job.timing is not None:
+                    job.timing.add("queue", now - job.queued)
+                jobs.append(job)
+                rows += len(job.x)
+        try:
+            if jobs:
+                started = time.perf_counter()
+                x = jobs[0].x if len(jobs) == 1 else np.concatenate([job.x for job in jobs])
+                out: np.ndarray | BaseException
+                try:
+                    out = self.run(x)
+                except Exception as e:
+                    out = e
+                took = time.perf_counter() - started
+                start = 0
+                for job in jobs:
+                    if isinstance(out, BaseException):
+                        job.out = out
+                    else:
+                        job.out = out[start : start + len(job.x)]
+                        start += len(job.x)
+                    if job.timing is not None:
+                        job.timing.add("run", took)
+                    job.woken.set()  # the leader's own Event is set too: harmless
+        finally:
+            with self._lock:
+                while self._waiting and self._waiting[0].gone:
+                    self._waiting.popleft()
+                if self._waiting:
+                    self._waiting[0].lead = True
+                    self._waiting[0].woken.set()
+                else:
+                    self._leading = False
 
     async def _direct(self, x: np.ndarray, timing: Timing | None) -> np.ndarray:
         started = time.perf_counter()

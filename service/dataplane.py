@@ -53,6 +53,13 @@ class V2Result:
     outputs: list[tuple[modelrepo.TensorSpec, bool, np.ndarray]]
 
 
+def _v2_result(
+    model: ServedModel, request: tensors.InferenceRequest, wanted: list[tensors.WantedOutput], out: np.ndarray
+) -> V2Result:
+    results = {model.output.name: out}
+    return V2Result(model, request.id, [w.take(results[w.spec.name], model.card.labels) for w in wanted])
+
+
 def front_door(title: str) -> FastAPI:
     """A FastAPI app for a front door: the data plane's typed errors answered in the envelope; no docs pages of
     its own (the server's one document is /docs.json)."""
@@ -160,12 +167,31 @@ class DataPlane:
         *,
         offload: bool = False,  # a large request: decode its tensors on a thread, off the event loop
     ) -> V2Result:
+        model, x, wanted = await on_thread_if(offload, self._decoded, name, version, request, binary)
+        return _v2_result(model, request, wanted, await model.infer(x, timing))
+
+    def infer_blocking(
+        self,
+        name: str,
+        version: str | None,
+        request: tensors.InferenceRequest,
+        binary: memoryview,
+        timing: Timing | None = None,
+        timeout: float | None = None,
+    ) -> V2Result:
+        """`infer` from a thread that is not the event loop's (the gRPC door's), all of it on that thread: the
+        model's batcher merges it with the other threads' calls (Batcher.run_blocking). TimeoutError if its
+        answer is not there within `timeout` s."""
+        model, x, wanted = self._decoded(name, version, request, binary)
+        return _v2_result(model, request, wanted, model.infer_blocking(x, timing, timeout))
+
+    def _decoded(
+        self, name: str, version: str | None, request: tensors.InferenceRequest, binary: memoryview
+    ) -> tuple[ServedModel, np.ndarray, list[tensors.WantedOutput]]:
+        """The model a V2 request names, its input checked and decoded, and the outputs it asks for."""
         model = self.registry.get(name, version)
-        inputs = await on_thread_if(offload, tensors.decode_inputs, request, binary, list(model.card.inputs))
-        wanted = tensors.wanted_outputs(request, list(model.card.outputs))
-        out = await model.infer(inputs[model.input.name], timing)
-        results = {model.output.name: out}
-        return V2Result(model, request.id, [w.take(results[w.spec.name], model.card.labels) for w in wanted])
+        inputs = tensors.decode_inputs(request, binary, list(model.card.inputs))
+        return model, inputs[model.input.name], tensors.wanted_outputs(request, list(model.card.outputs))
 
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: every served version, or those of one model, or one version."""

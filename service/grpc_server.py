@@ -7,11 +7,12 @@ protocol's messages and stubs are Triton's, from the tritonclient package. The s
 server reflection sit beside it; every worker binds the port with SO_REUSEPORT, so the kernel spreads
 connections over the workers.
 
-The server is grpcio's threaded one: its threads answer the reads of the data plane's state themselves and
-hand inference and model loads to the worker's event loop, where the batchers are, waiting for the answer.
-grpc.aio on the same loop cost ~580 us of CPU per single-image call where the work is ~45 us: its poller
-thread takes the GIL whenever the loop thread lets it go. Threaded, 440-490 us with both cores busy, more where
-a core idles between calls (BENCHMARKS.md, "grpcio's threaded server").
+The server is grpcio's threaded one, and a call is answered on the thread it arrived on: inference too, the
+model's batcher merging the calls of the server's threads without the event loop (Batcher.run_blocking);
+only model loads go to the worker's event loop. grpc.aio on the same loop cost ~580 us of CPU per
+single-image call where the work is ~45 us: its poller thread takes the GIL whenever the loop thread lets it
+go. Threaded, with a hop to the loop and back for each call, 440-490 us; without the hop, see BENCHMARKS.md,
+"grpcio's threaded server".
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hmac
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -38,7 +40,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service import __version__, metrics, repository_api, tensors, v2
 from service.admission import Admission
-from service.dataplane import DataPlane, V2Result, on_thread_if
+from service.dataplane import DataPlane, V2Result
 from service.errors import DeadlineExceeded, InvalidInput, ServingError, Unimplemented
 from service.runtime import StartRefused, refuse_start
 from service.timing import Timing
@@ -141,12 +143,6 @@ def _typed(tensor: Any) -> np.ndarray | None:
     return None
 
 
-def _size(request: Any, raw: list[bytes]) -> int:
-    """About how many bytes a request's tensors hold (typed values counted at 4 bytes)."""
-    typed = sum(len(getattr(t.contents, CONTENTS.get(t.datatype, "fp32_contents"))) for t in request.inputs)
-    return sum(len(r) for r in raw) + 4 * typed
-
-
 def to_v2(request: Any, raw: list[bytes]) -> tuple[tensors.InferenceRequest, memoryview]:
     """A ModelInferRequest (and its raw_input_contents, read once) as the V2 request the HTTP route decodes:
     raw contents become its binary part."""
@@ -201,20 +197,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.loop = loop
         self.request_timeout = request_timeout
 
-    def _on_loop(self, work: Coroutine[Any, Any, T], context: grpc.ServicerContext, timeout: float | None) -> T:
-        """`work` on the event loop; this thread waits for it, at most `timeout` s or the client's deadline."""
+    def _on_loop(self, work: Coroutine[Any, Any, T], context: grpc.ServicerContext) -> T:
+        """`work` on the event loop (a model load); this thread waits for it, at most until the client's deadline."""
         left = context.time_remaining()  # without a deadline, hundreds of years: as good as none
-        wait = min((t for t in (timeout, left) if t is not None and t < NO_DEADLINE_S), default=None)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         try:
-            return future.result(wait)
+            return future.result(left if left is not None and left < NO_DEADLINE_S else None)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # the coroutine is cancelled on the loop: its batcher slot and admission slot go back
-            if wait != timeout:
-                raise DeadlineExceeded("the call's deadline passed before its answer") from None
-            raise DeadlineExceeded(
-                f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
-            ) from None
+            future.cancel()  # the coroutine is cancelled on the loop
+            raise DeadlineExceeded("the call's deadline passed before its answer") from None
+
+    def _wait(self, context: grpc.ServicerContext) -> float | None:
+        """How long a call may wait for its answer: TINYSERVE_REQUEST_TIMEOUT or the client's deadline, if sooner."""
+        left = context.time_remaining()
+        return min((t for t in (self.request_timeout, left) if t is not None and t < NO_DEADLINE_S), default=None)
+
+    def _late(self, wait: float | None) -> DeadlineExceeded:
+        if wait != self.request_timeout:
+            return DeadlineExceeded("the call's deadline passed before its answer")
+        return DeadlineExceeded(
+            f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
+        )
 
     @_answering
     def ServerLive(self, request: Any, context: Any) -> Any:
@@ -245,18 +248,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @_answering
     def ModelInfer(self, request: Any, context: Any) -> Any:
-        raw = list(request.raw_input_contents)  # each read copies the bytes out of the message: once, off the loop
-        return from_v2(self._on_loop(self._infer(request, raw), context, self.request_timeout))
-
-    async def _infer(self, request: Any, raw: list[bytes]) -> V2Result:
+        """All on this thread: no hop to the event loop and back. The model's batcher merges it with the calls
+        of the server's other threads (Batcher.run_blocking)."""
+        started = time.monotonic()
+        wait = self._wait(context)
         name, version = request.model_name, request.model_version or None
         with self.admission(), metrics.counting("grpc"):
             self.plane.model(name, version)  # an unknown model is refused before its tensors are read
             timing = Timing()
-            heavy = _size(request, raw) > v2.THREAD_BINARY_BYTES
             with timing.measure("parse"):
-                parsed, binary = await on_thread_if(heavy, to_v2, request, raw)
-            return await self.plane.infer(name, version, parsed, binary, timing, offload=heavy)
+                raw = list(request.raw_input_contents)  # each read copies the bytes out of the message: once
+                parsed, binary = to_v2(request, raw)
+            try:
+                result = self.plane.infer_blocking(name, version, parsed, binary, timing, wait)
+            except TimeoutError:
+                raise self._late(wait) from None
+            if wait is not None and time.monotonic() - started > wait:
+                raise self._late(wait)  # the call it led ran past the time: its answer is not wanted now
+        return from_v2(result)
 
     ModelStreamInfer = _unimplemented("streaming inference (ModelStreamInfer)", "call ModelInfer once per request")
     ModelConfig = _unimplemented("the model configuration (ModelConfig)", "read ModelMetadata for inputs and outputs")
@@ -270,13 +279,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     @_answering
     def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         load = repository_api.load_model(self.plane, request.model_name, _parameters(request.parameters))
-        self._on_loop(load, context, None)  # as long as the load takes (TINYSERVE_CONTROL_WAIT_SECONDS bounds it)
+        self._on_loop(load, context)  # as long as the load takes (TINYSERVE_CONTROL_WAIT_SECONDS bounds it)
         return pb.RepositoryModelLoadResponse()
 
     @_answering
     def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         unload = repository_api.unload_model(self.plane, request.model_name, _parameters(request.parameters))
-        self._on_loop(unload, context, None)
+        self._on_loop(unload, context)
         return pb.RepositoryModelUnloadResponse()
 
     SystemSharedMemoryStatus = _unimplemented("shared memory (SystemSharedMemoryStatus)", "send tensors in requests")

@@ -67,13 +67,28 @@ class ServedModel:
         started = time.perf_counter()
         ok = False
         try:
-            out = await self.batcher(x, timing)
-            if out.dtype.kind == "f" and not np.isfinite(out).all():  # e.g. V2 binary inputs near float32's limit
-                raise InvalidInput(f"the inputs are too large: {self.name}'s output overflows float32")
+            out = self._checked(await self.batcher(x, timing))
             ok = True
             return out
         finally:
             self.stats.record(time.perf_counter() - started, timing, ok=ok)
+
+    def infer_blocking(self, x: np.ndarray, timing: Timing | None = None, timeout: float | None = None) -> np.ndarray:
+        """The same from a thread that is not the event loop's (Batcher.run_blocking)."""
+        timing = timing if timing is not None else Timing()
+        started = time.perf_counter()
+        ok = False
+        try:
+            out = self._checked(self.batcher.run_blocking(x, timing, timeout))
+            ok = True
+            return out
+        finally:
+            self.stats.record(time.perf_counter() - started, timing, ok=ok)
+
+    def _checked(self, out: np.ndarray) -> np.ndarray:
+        if out.dtype.kind == "f" and not np.isfinite(out).all():  # e.g. V2 binary inputs near float32's limit
+            raise InvalidInput(f"the inputs are too large: {self.name}'s output overflows float32")
+        return out
 
 
 class Registry:

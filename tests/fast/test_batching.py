@@ -1,8 +1,13 @@
-"""The batcher merges what arrives together, never holds a lone request, sheds what waited too long, and closes."""
+"""The batcher merges what arrives together, never holds a lone request, sheds what waited too long, and closes:
+on the event loop, and among other threads (run_blocking)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,3 +109,128 @@ def test_close_lets_queued_work_finish_and_refuses_new_work() -> None:
 
     asyncio.run(main())
     assert sum(model.calls) == 6
+
+
+# -- run_blocking: the same merging among threads that are not the event loop's (the gRPC door's)
+
+
+class Held(Model):
+    """A model whose first call waits until released: the calls that arrive meanwhile queue behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: list[int] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().__call__(x)
+
+
+def _queued(batcher: Batcher, n: int) -> None:
+    """Wait until `n` calls wait behind the one running."""
+    for _ in range(3000):
+        if len(batcher._waiting) == n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{len(batcher._waiting)} calls queued, expected {n}")
+
+
+def _behind_a_held_call(batcher: Batcher, model: Held, first: np.ndarray, rest: list[np.ndarray]) -> list[Future[Any]]:
+    """`first` run and held, `rest` queued behind it, then all let go: each call's future, done."""
+    with ThreadPoolExecutor(1 + len(rest)) as pool:
+        futures = [pool.submit(batcher.run_blocking, first)]
+        assert model.entered.wait(30)
+        futures += [pool.submit(batcher.run_blocking, x) for x in rest]
+        _queued(batcher, len(rest))
+        model.release.set()
+    return futures
+
+
+def test_a_lone_threaded_call_runs_on_its_own_thread() -> None:
+    model = Held()
+    model.entered.set()  # not held
+    out = Batcher(model).run_blocking(np.full((3, 1), 2.0, np.float32))
+    assert out.ravel().tolist() == [4.0, 4.0, 4.0]
+    assert model.calls == [3] and model.threads == [threading.get_ident()]
+
+
+def test_threaded_calls_that_arrive_during_a_call_share_the_next_one() -> None:
+    model = Held()
+    batcher = Batcher(model, max_rows=5)
+    rest = [np.full((2, 1), float(i), np.float32) for i in range(4)]
+    first, *others = _behind_a_held_call(batcher, model, np.full((1, 1), 100.0, np.float32), rest)
+    assert first.result().ravel().tolist() == [200.0]
+    assert [f.result().ravel().tolist() for f in others] == [[2.0 * i, 2.0 * i] for i in range(4)]  # its own rows
+    assert model.calls == [1, 4, 4]  # max_rows 5: two calls of two requests, oldest first
+    assert not batcher._leading and not batcher._waiting
+
+
+def test_a_threaded_call_whose_time_is_up_stops_waiting_and_is_not_run() -> None:
+    model = Held()
+    batcher = Batcher(model)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.run_blocking, np.ones((1, 1), np.float32))
+        assert model.entered.wait(30)
+        with pytest.raises(TimeoutError):
+            batcher.run_blocking(np.full((7, 1), 3.0, np.float32), timeout=0.05)
+        model.release.set()
+        assert first.result(timeout=30).tolist() == [[2.0]]
+    assert model.calls == [1] and batcher._blocking == 0
+    assert batcher.run_blocking(np.ones((2, 1), np.float32)).tolist() == [[2.0], [2.0]]  # the lead was passed on
+
+
+def test_an_error_reaches_every_threaded_call_of_its_batch_and_the_next_call_runs() -> None:
+    class Broken(Held):
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            out = super().__call__(x)
+            if len(self.calls) == 2:
+                raise RuntimeError("boom")
+            return out
+
+    model = Broken()
+    batcher = Batcher(model)
+    one = np.ones((1, 1), np.float32)
+    first, *failing = _behind_a_held_call(batcher, model, one, [one] * 3)
+    assert first.result().tolist() == [[2.0]]
+    assert [str(f.exception()) for f in failing] == ["boom"] * 3 and model.calls == [1, 3]
+    assert batcher.run_blocking(np.ones((1, 1), np.float32)).tolist() == [[2.0]]
+
+
+def test_a_threaded_call_that_waited_past_the_limit_is_shed() -> None:
+    model = Model()
+    with pytest.raises(Unavailable, match=SHED):
+        Batcher(model, max_wait_s=0.0).run_blocking(np.ones((1, 1), np.float32))
+    assert model.calls == []
+
+
+def test_without_batching_threaded_calls_run_alone_in_turn() -> None:
+    model = Held()
+    batcher = Batcher(model, enabled=False)
+    one = np.ones((1, 1), np.float32)
+    assert [f.result().tolist() for f in _behind_a_held_call(batcher, model, one, [one] * 3)] == [[[2.0]]] * 4
+    assert model.calls == [1, 1, 1, 1]
+
+
+def test_close_waits_for_the_threaded_calls_in_progress() -> None:
+    model = Held()
+    batcher = Batcher(model)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(batcher.run_blocking, np.ones((1, 1), np.float32))
+            assert await asyncio.to_thread(model.entered.wait, 30)
+            closing = asyncio.ensure_future(batcher.close())
+            await asyncio.sleep(0.05)
+            assert not closing.done()  # a threaded call is in progress
+            model.release.set()
+            await closing
+            assert running.result(timeout=30).tolist() == [[2.0]]
+        with pytest.raises(Unavailable, match="being unloaded"):
+            batcher.run_blocking(np.ones((1, 1), np.float32))
+
+    asyncio.run(main())

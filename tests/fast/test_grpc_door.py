@@ -8,6 +8,7 @@ refusal must carry the HTTP route's sentence, mapped to its gRPC code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import queue
@@ -445,19 +446,34 @@ def test_the_scorer_s_transport_opens_a_connection_per_channel(door: Door, conne
 
 def test_a_call_without_an_answer_in_time_is_deadline_exceeded_and_gives_its_slot_back(plane: DataPlane) -> None:
     body = {"inputs": [_tensor([1, 1], [1.0])]}
-    stuck = threading.Event()
-    with serving(plane, request_timeout=0.2) as door:
-        door.loop.call_soon_threadsafe(stuck.wait, 60)  # the event loop held (a decode holding it, say)
-        try:
+    batcher = plane.model("linear").batcher
+    run, entered, release = batcher.run, threading.Event(), threading.Event()
+
+    def held(x: np.ndarray) -> np.ndarray:  # the model's call held (a stuck accelerator, say)
+        entered.set()
+        assert release.wait(60)
+        return run(x)
+
+    batcher.run = held
+    try:
+        with serving(plane, request_timeout=0.2) as door, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            late = "no answer within 0.2 s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
+            leading = pool.submit(_refusal, door.stub.ModelInfer, _grpc_request("linear", body))
+            assert entered.wait(30)
+            # queued behind the held call: its thread stops waiting at the limit, and its slot goes back
             assert _refusal(door.stub.ModelInfer, _grpc_request("linear", body)) == (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "no answer within 0.2 s (TINYSERVE_REQUEST_TIMEOUT); it was dropped",
+                late,
             )
-        finally:
-            stuck.set()
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), door.loop).result(timeout=30)  # the loop turns again
-        answer = door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30)
-        assert answer.outputs[0].name == "y" and door.admission.in_flight == 0
+            assert door.admission.in_flight == 1
+            release.set()
+            assert leading.result(timeout=30) == (grpc.StatusCode.DEADLINE_EXCEEDED, late)  # its answer came late
+            batcher.run = run
+            answer = door.stub.ModelInfer(_grpc_request("linear", body), metadata=AUTH, timeout=30)
+            assert answer.outputs[0].name == "y" and door.admission.in_flight == 0
+    finally:
+        release.set()
+        batcher.run = run
 
 
 def test_reflection_streams_are_bounded_and_given_back(door: Door) -> None:
