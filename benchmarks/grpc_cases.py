@@ -9,12 +9,14 @@ binary, the typed route), then 1,024 images per request, two per worker in fligh
 beside ONNX Runtime in process on all the server's threads. The gRPC load runs in its own process, as
 benchmarks.load does for HTTP, over several channels (each its own connection: SO_REUSEPORT spreads them),
 and the bulk case once more over one connection, as a client that opens one channel sends (one worker serves it).
+Last, the single-image cases against grpcio's Python server alone (benchmarks.grpc_bare): the ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -24,15 +26,19 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import uvloop
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from benchmarks import cases
-from benchmarks.server import REPO, costed, launch, stop, wait_ready
+from benchmarks.server import REPO, Server, costed, free_port, launch, stop, wait_ready
+from service import grpc_server
 from service.machine import Shape
+from service.settings import Settings
 
 CHANNELS = 8  # connections the load opens at most: a client pool, spread over the workers
+BARE = "grpcio alone, a fixed answer"  # benchmarks.grpc_bare: the ceiling of grpcio's Python server here
 
 
 def _request(images: int) -> Any:
@@ -154,8 +160,41 @@ def run(shape: Shape, requests: int, bulk_requests: int, seconds: float) -> dict
         }
     finally:
         stop(server)
+    bare = launch_bare(shape.workers, Settings().max_concurrency + grpc_server.SPARE_THREADS)
+    try:
+        for c in (1, 32):
+            n = requests * (4 if c > 1 else 1)
+            single[f"{BARE} c={c}"] = costed(bare.process.pid, grpc_load, bare.grpc, 1, c, n)
+    finally:
+        stop(bare)
     raw = cases.raw_onnxruntime("lenet", 1024, shape.workers * shape.threads, seconds)
     return {"workers": shape.workers, "threads": shape.threads, "single": single, "bulk": bulk, "raw_1024": raw}
+
+
+def launch_bare(workers: int, threads: int) -> Server:
+    """benchmarks.grpc_bare, `workers` processes on one port, answering."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.grpc_bare", str(port), str(threads), str(workers)],
+        cwd=REPO,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while _listening(process.pid, port) < workers:  # each worker binds the port once it has imported
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"benchmarks.grpc_bare did not listen on {port} with {workers} workers")
+        time.sleep(0.1)
+    return Server("", process, REPO / "benchmarks" / "results" / "grpc-bare.log", f"127.0.0.1:{port}")
+
+
+def _listening(pid: int, port: int) -> int:
+    """How many processes of `pid`'s tree listen on `port`."""
+    root = psutil.Process(pid)
+    count = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            count += any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections())
+    return count
 
 
 def table(result: dict[str, Any]) -> str:
@@ -201,6 +240,19 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     ]  # fmt: skip
 
 
+def ceiling(result: dict[str, Any]) -> list[str]:
+    """What grpcio's Python server alone reaches: of it, tinyserve's door; and it against the typed route."""
+    single = result["single"]
+    if f"{BARE} c=1" not in single:  # a result written before the ceiling was measured
+        return []
+    return [
+        f"single image at c={c}: tinyserve's gRPC door / {BARE} {single[f'grpc c={c}']['rps'] / bare:.2f}; "
+        f"{BARE} / typed route {bare / single[f'typed c={c}']['rps']:.2f}"
+        for c in (1, 32)
+        if (bare := single[f"{BARE} c={c}"]["rps"])
+    ]
+
+
 def main() -> None:
     if sys.argv[1:2] == ["load"]:
         load = argparse.ArgumentParser(prog="python -m benchmarks.grpc_cases load")
@@ -229,6 +281,7 @@ def main() -> None:
     for name, value, bar, higher in targets(result):
         met = value >= bar if higher else value <= bar
         print(f"{name}: {value:.2f} ({'>=' if higher else '<='} {bar:g}: {'met' if met else 'not met'})")
+    print("\n".join(ceiling(result)))
 
 
 if __name__ == "__main__":
