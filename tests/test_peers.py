@@ -5,6 +5,7 @@ FastAPI app runs in this environment (FastAPI, uvicorn and orjson are among tiny
 so it is always checked. The others need their own virtualenvs (.venv-peers/, ~2 GB, installed by
 `make bench-peers` or `make peers`, not by `make test`): each is checked where it is installed and skipped
 otherwise, with the reason. All six take about a minute on 2 cores; Ray Serve's start is the longest.
+BentoML's floor (a service that does no work) runs in this environment too: it answers its fixed body.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from benchmarks import peers
 from benchmarks.server import Server
 
-FRAMEWORKS = [peer.name for peer in peers.PEERS if peer.name != "tinyserve"]
+FRAMEWORKS = [peer.name for peer in peers.PEERS if peer.name != "tinyserve" and not peer.floor]
 
 
 @pytest.fixture(scope="module")
@@ -70,5 +71,19 @@ def test_framework_answers_as_onnx_runtime(name: str, tmp_path: Path) -> None:
         with httpx.Client(timeout=120) as client:
             got = peers.ask(client, running.url, peer.bulk, x)
         np.testing.assert_allclose(got, peers.reference(x), rtol=peers.RTOL, atol=peers.ATOL)
+    finally:
+        running.stop()
+
+
+@pytest.mark.timeout(120)
+def test_bentoml_s_floor_answers_its_fixed_body_and_leaves_the_rest_to_bentoml(tmp_path: Path) -> None:
+    peer = peers.BY_NAME["bentoml_floor"]
+    running = peers.start(peer, tmp_path / "server.log")
+    try:
+        with httpx.Client(timeout=30) as client:
+            body, headers = peer.single[0].encode(peers.digits(1))
+            answer = client.post(running.url + "/predict", content=body, headers=headers)
+            assert answer.status_code == 200 and answer.json() == {"logits": [[0.0] * 10]}
+            assert client.post(running.url + "/ping", json={}).text == "pong"  # BentoML's own route, past it
     finally:
         running.stop()

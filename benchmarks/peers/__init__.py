@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -148,11 +149,14 @@ class Peer:
     single: tuple[Form, ...]  # one image a request; the first is the one the table leads with
     bulk: Form  # 1024 images a request, in the fastest form the framework documents
     env: Callable[[int, int, Path], dict[str, str]] = field(default=lambda port, workers, scratch: {})
+    floor: bool = False  # does no work (a fixed answer): a framework's own floor, not one of the frameworks
 
     def pin(self) -> str:
         """The framework's line of its requirements.txt, e.g. "ray==2.60.0" ("" for tinyserve)."""
         if self.name == "tinyserve":
             return ""
+        if self.floor:  # in tinyserve's environment
+            return f"bentoml=={importlib.metadata.version('bentoml')}"
         package = {"ray_serve": "ray"}.get(self.name, self.name) + "=="
         pins = (self.folder / "requirements.txt").read_text().splitlines()
         (pin,) = [line for line in pins if line.startswith(package)]
@@ -164,11 +168,12 @@ class Peer:
 
     @property
     def python(self) -> Path:
-        """tinyserve runs in the benchmark's own environment, each framework in its own."""
-        return Path(sys.executable) if self.name == "tinyserve" else VENVS / self.name / "bin" / "python"
+        """tinyserve and BentoML's floor run in the benchmark's own environment, each framework in its own."""
+        own = self.name == "tinyserve" or self.floor
+        return Path(sys.executable) if own else VENVS / self.name / "bin" / "python"
 
     def installed(self) -> bool:
-        return self.name == "tinyserve" or (VENVS / self.name / ".installed").exists()
+        return self.name == "tinyserve" or self.floor or (VENVS / self.name / ".installed").exists()
 
 
 def _bin(python: Path, script: str) -> str:
@@ -183,6 +188,10 @@ def _mlserver_env(port: int, workers: int, scratch: Path) -> dict[str, str]:
         "MLSERVER_METRICS_PORT": str(free_port()),
         "MLSERVER_METRICS_DIR": str(scratch / "mlserver-metrics"),
     }
+
+
+def _bentoml_env(port: int, workers: int, scratch: Path) -> dict[str, str]:
+    return {"PEER_WORKERS": str(workers), "BENTOML_HOME": str(scratch / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
 
 
 PEERS = (
@@ -266,11 +275,19 @@ PEERS = (
         "/readyz",
         (Form("JSON", "/predict", bentoml_json, json_field(None)),),
         Form("JSON", "/predict", bentoml_json, json_field(None)),
-        lambda port, workers, scratch: {
-            "PEER_WORKERS": str(workers),
-            "BENTOML_HOME": str(scratch / "bentoml-home"),
-            "BENTOML_DO_NOT_TRACK": "True",
-        },
+        _bentoml_env,
+    ),
+    Peer(
+        "bentoml_floor",
+        "BentoML's own floor (a fixed answer, no model)",
+        lambda python, port, workers: [
+            *(_bin(python, "bentoml"), "serve", "service:Floor", "--host", "127.0.0.1", "--port", str(port))
+        ],
+        "/readyz",
+        (Form("JSON", "/predict", typed_json, json_field("logits")),),
+        Form("none: no model", "/predict", typed_json, json_field("logits")),
+        _bentoml_env,
+        floor=True,
     ),
 )
 BY_NAME = {peer.name: peer for peer in PEERS}

@@ -55,7 +55,8 @@ def measure(peer: Peer, scratch: Path, seconds: float, workers: int) -> dict[str
     """One server, started afresh: checked, then timed case by case."""
     running = start(peer, scratch / f"{peer.name}.log", workers=workers)
     try:
-        check(running)
+        if not peer.floor:  # the floor's answer is fixed: nothing to compare
+            check(running)
         result: dict[str, Any] = {"cold_start_s": running.cold_start_s, "rss_rest_mib": running.rss_mib()}
         one = np.load(DIGITS)[:1]
         single: dict[str, dict[str, Any]] = {form.name: {} for form in peer.single}
@@ -66,6 +67,8 @@ def measure(peer: Peer, scratch: Path, seconds: float, workers: int) -> dict[str
         for form in peer.single:  # right after the burst, as it left the server
             single[form.name]["c1_after"] = load(running, form, one, 1, seconds, warm_up=1)
         result["single"] = single
+        if peer.floor:
+            return result | {"rss_load_mib": running.rss_mib()}
         bulk = load(running, peer.bulk, np.resize(np.load(DIGITS), (BULK, 1, 32, 32)), 2, seconds, warm_up=2)
         result["bulk"] = bulk | {"images_per_s": bulk["rps"] * BULK}
         result["rss_load_mib"] = running.rss_mib()
@@ -231,7 +234,7 @@ def cpu_table(report: dict[str, Any], peers: list[Peer]) -> str:
 def targets(report: dict[str, Any], peers: list[Peer]) -> str:
     """Issue 20's targets for tinyserve, each a ratio of medians from this run (empty without tinyserve)."""
     runs = report["runs"]
-    frameworks = [peer for peer in peers if peer.name != "tinyserve" and runs[peer.name]]
+    frameworks = [peer for peer in peers if peer.name != "tinyserve" and not peer.floor and runs[peer.name]]
     tinyserve = next((peer for peer in peers if peer.name == "tinyserve" and runs[peer.name]), None)
     if tinyserve is None or not frameworks:
         return ""
@@ -270,6 +273,19 @@ def targets(report: dict[str, Any], peers: list[Peer]) -> str:
     for what, value, higher, bar in rows:
         met = value >= bar if higher else value <= bar
         lines.append(f"| {what} | {value:.2f} | {'>=' if higher else '<='} {bar:g} | {'yes' if met else 'no'} |")
+    for floor in (peer for peer in peers if peer.floor and runs[peer.name]):
+        # the same ratios for a service that does no work on the same framework: where tinyserve's can go at best
+        lines += ["", f"| {floor.title} / the best framework of this run | ratio | tinyserve's target |"]
+        lines.append("|---|---|---|")
+        for what, value, higher, bar in [
+            (f"c=32 req/s / {c32.title}", one(floor, "c32", "rps") / one(c32, "c32", "rps"), True, 1.5),
+            (f"c=1 p50 / {c1.title}", one(floor, "c1", "p50_ms") / one(c1, "c1", "p50_ms"), False, 1),
+            (f"c=1 p50 after a burst / {after.title}", one(floor, "c1_after", "p50_ms")
+             / one(after, "c1_after", "p50_ms"), False, 1),
+            (f"cold start / {cold.title}", of(floor, "cold_start_s") / of(cold, "cold_start_s"), False, 2),
+            (f"RSS at rest / {light.title}", of(floor, "rss_rest_mib") / of(light, "rss_rest_mib"), False, 1.2),
+        ]:  # fmt: skip
+            lines.append(f"| {what} | {value:.2f} | {'>=' if higher else '<='} {bar:g} |")
     return "\n".join(lines)
 
 
