@@ -187,7 +187,8 @@ def from_v2(result: V2Result) -> Any:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """On the server's threads: reads of the data plane's state (the registry is replaced whole, never changed
-    in place) answer here; inference and model loads run on the worker's event loop (`_on_loop`)."""
+    in place) and inference (Batcher.run_blocking) answer here; model loads run on the worker's event loop
+    (`_on_loop`)."""
 
     def __init__(
         self, plane: DataPlane, admission: Admission, loop: asyncio.AbstractEventLoop, request_timeout: float
@@ -396,8 +397,8 @@ def create(
     request_timeout: float,
     token: str | None,
 ) -> grpc.Server:
-    """The gRPC server of one worker, its services added; not yet bound or started. `loop` is the event loop
-    the data plane's batchers run on. A thread per call in flight: the admission limit, and room for the probes
+    """The gRPC server of one worker, its services added; not yet bound or started. `loop` is the worker's
+    event loop, where model loads run. A thread per call in flight: the admission limit, and room for the probes
     and for the calls over it to be refused with its sentence; past that, grpcio refuses (RESOURCE_EXHAUSTED)."""
     threads = admission.limit + SPARE_THREADS
     server = grpc.server(
