@@ -51,6 +51,12 @@ class _Waiter:
     gone: bool = False  # stopped waiting (its time was up): not run
 
 
+def _fits(jobs: list[_Job] | list[_Waiter], job: _Job | _Waiter) -> bool:
+    """Whether `job`'s rows can join `jobs`' in one array: the same shape but for the rows (an input of a free
+    width waits for the next call)."""
+    return not jobs or job.x.shape[1:] == jobs[0].x.shape[1:]
+
+
 class Batcher:
     """`await batcher(x)` runs `run(x)`, merged with whatever else is queued for the same model."""
 
@@ -138,7 +144,9 @@ class Batcher:
             jobs: list[_Waiter] = []
             rows = 0
             now = time.perf_counter()
-            while self._waiting and (not jobs or rows + len(self._waiting[0].x) <= limit):
+            while self._waiting and (
+                not jobs or (rows + len(self._waiting[0].x) <= limit and _fits(jobs, self._waiting[0]))
+            ):
                 job = self._waiting.popleft()
                 if job.gone:
                     continue
@@ -200,7 +208,7 @@ class Batcher:
         jobs: list[_Job] = []
         rows = 0
         now = time.perf_counter()
-        while self._pending and rows + len(self._pending[0].x) <= self.max_rows:
+        while self._pending and rows + len(self._pending[0].x) <= self.max_rows and _fits(jobs, self._pending[0]):
             job = self._pending.popleft()
             if job.future.done():  # the client went away
                 continue

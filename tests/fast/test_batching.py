@@ -234,3 +234,21 @@ def test_close_waits_for_the_threaded_calls_in_progress() -> None:
             batcher.run_blocking(np.ones((1, 1), np.float32))
 
     asyncio.run(main())
+
+
+def test_rows_of_another_width_wait_for_the_next_call_on_the_loop_and_on_threads() -> None:
+    # an input whose card leaves a dimension free: rows of two widths cannot be one array
+    model = Model()
+
+    async def main() -> list[np.ndarray]:
+        batcher = Batcher(model)
+        sent = [np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.ones((1, 3), np.float32)]
+        return await asyncio.gather(*(batcher(x) for x in sent))
+
+    assert [o.shape for o in asyncio.run(main())] == [(1, 2), (1, 2), (1, 3)] and model.calls == [2, 1]
+    held = Held()
+    batcher = Batcher(held)
+    wide, narrow = np.ones((1, 3), np.float32), np.ones((1, 2), np.float32)
+    answers = _behind_a_held_call(batcher, held, narrow, [narrow, wide, narrow])
+    assert [f.result().shape for f in answers] == [(1, 2), (1, 2), (1, 3), (1, 2)]
+    assert held.calls == [1, 1, 1, 1]  # in order: the wide row is not merged, nor overtaken
