@@ -40,21 +40,11 @@ class Admission:
         return error
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold a slot for the request's time (the caller checked `refusal()` first)."""
+    def slot(self, *, check: bool = False) -> Iterator[None]:
+        """Hold a slot for the request's time; with `check`, the refusal raised instead (checked and taken at
+        once: threads call this). Without, the caller checked `refusal()` first."""
         with self._lock:
-            self.in_flight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        """A slot, or the refusal raised (checked and taken at once: threads call this)."""
-        with self._lock:
-            if (error := self.refusal()) is not None:
+            if check and (error := self.refusal()) is not None:
                 raise error
             self.in_flight += 1
         try:
@@ -62,3 +52,7 @@ class Admission:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def __call__(self) -> contextlib.AbstractContextManager[None]:
+        """A slot, or the refusal raised."""
+        return self.slot(check=True)

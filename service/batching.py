@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -37,6 +38,17 @@ class _Job:
     timing: Timing | None
     queued: float = field(default_factory=time.perf_counter)
 
+    @property
+    def gone(self) -> bool:
+        return self.future.done()  # the client went away
+
+    def answer(self, out: np.ndarray | BaseException) -> None:
+        if not self.future.done():
+            if isinstance(out, BaseException):
+                self.future.set_exception(out)
+            else:
+                self.future.set_result(out)
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -50,11 +62,54 @@ class _Waiter:
     lead: bool = False  # woken to run the next call, not with an answer
     gone: bool = False  # stopped waiting (its time was up): not run
 
+    def answer(self, out: np.ndarray | BaseException) -> None:
+        self.out = out
+        self.woken.set()
 
-def _fits(jobs: list[_Job] | list[_Waiter], job: _Job | _Waiter) -> bool:
-    """Whether `job`'s rows can join `jobs`' in one array: the same shape but for the rows (an input of a free
-    width waits for the next call)."""
-    return not jobs or job.x.shape[1:] == jobs[0].x.shape[1:]
+
+J = TypeVar("J", _Job, _Waiter)
+
+
+def _take(queue: deque[J], max_rows: int, max_wait_s: float) -> list[J]:
+    """The next call's jobs, oldest first: the first, then those that fit with it up to `max_rows` rows (rows of
+    another shape, an input of a free width, wait for the next call). Jobs whose caller is gone are dropped,
+    those that waited past `max_wait_s` shed."""
+    jobs: list[J] = []
+    rows = 0
+    now = time.perf_counter()
+    while queue and (not jobs or (rows + len(queue[0].x) <= max_rows and queue[0].x.shape[1:] == jobs[0].x.shape[1:])):
+        job = queue.popleft()
+        if job.gone:
+            continue
+        if now - job.queued > max_wait_s:
+            job.answer(Unavailable(SHED))
+            continue
+        if job.timing is not None:
+            job.timing.add("queue", now - job.queued)
+        jobs.append(job)
+        rows += len(job.x)
+    return jobs
+
+
+def _run(run: Callable[[np.ndarray], np.ndarray], jobs: list[J]) -> np.ndarray | BaseException:
+    """`run` on the jobs' rows as one array; its error, if it fails."""
+    try:
+        return run(jobs[0].x if len(jobs) == 1 else np.concatenate([job.x for job in jobs]))
+    except Exception as e:
+        return e
+
+
+def _hand_out(jobs: list[J], out: np.ndarray | BaseException, took: float) -> None:
+    """Each job its rows of the call's output (or the call's error)."""
+    start = 0
+    for job in jobs:
+        if job.timing is not None:
+            job.timing.add("run", took)
+        if isinstance(out, BaseException):
+            job.answer(out)
+            continue
+        job.answer(out[start : start + len(job.x)])
+        start += len(job.x)
 
 
 class Batcher:
@@ -118,15 +173,12 @@ class Batcher:
             me.lead = not self._leading
             self._leading = True
         try:
-            if not me.lead:
-                if not me.woken.wait(timeout):
-                    with self._lock:
-                        me.gone = not me.woken.is_set()
-                    if me.gone:
-                        raise TimeoutError
-                if me.lead:
-                    self._lead()
-            else:
+            if not me.lead and not me.woken.wait(timeout):
+                with self._lock:
+                    me.gone = not me.woken.is_set()  # answered or made leader meanwhile: not gone
+                if me.gone:
+                    raise TimeoutError
+            if me.lead:  # from the start, or passed the lead when the call before ended
                 self._lead()
         finally:
             with self._lock:
@@ -139,45 +191,13 @@ class Batcher:
     def _lead(self) -> None:
         """Run the oldest queued calls (the leader's own among them) as one, hand each its rows, then pass the
         lead to the oldest still waiting. Without batching, the oldest alone."""
-        limit = self.max_rows if self.enabled else 0
         with self._lock:
-            jobs: list[_Waiter] = []
-            rows = 0
-            now = time.perf_counter()
-            while self._waiting and (
-                not jobs or (rows + len(self._waiting[0].x) <= limit and _fits(jobs, self._waiting[0]))
-            ):
-                job = self._waiting.popleft()
-                if job.gone:
-                    continue
-                if now - job.queued > self.max_wait_s:
-                    job.out = Unavailable(SHED)
-                    job.woken.set()
-                    continue
-                if job.timing is not None:
-                    job.timing.add("queue", now - job.queued)
-                jobs.append(job)
-                rows += len(job.x)
+            jobs = _take(self._waiting, self.max_rows if self.enabled else 0, self.max_wait_s)
         try:
             if jobs:
                 started = time.perf_counter()
-                x = jobs[0].x if len(jobs) == 1 else np.concatenate([job.x for job in jobs])
-                out: np.ndarray | BaseException
-                try:
-                    out = self.run(x)
-                except Exception as e:
-                    out = e
-                took = time.perf_counter() - started
-                start = 0
-                for job in jobs:
-                    if isinstance(out, BaseException):
-                        job.out = out
-                    else:
-                        job.out = out[start : start + len(job.x)]
-                        start += len(job.x)
-                    if job.timing is not None:
-                        job.timing.add("run", took)
-                    job.woken.set()  # the leader's own Event is set too: harmless
+                out = _run(self.run, jobs)
+                _hand_out(jobs, out, time.perf_counter() - started)  # the leader's own job too
         finally:
             with self._lock:
                 while self._waiting and self._waiting[0].gone:
@@ -203,73 +223,26 @@ class Batcher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _take(self) -> list[_Job]:
-        """The next call's jobs, oldest first, up to max_rows rows; those that waited too long are shed."""
-        jobs: list[_Job] = []
-        rows = 0
-        now = time.perf_counter()
-        while self._pending and rows + len(self._pending[0].x) <= self.max_rows and _fits(jobs, self._pending[0]):
-            job = self._pending.popleft()
-            if job.future.done():  # the client went away
-                continue
-            if now - job.queued > self.max_wait_s:
-                job.future.set_exception(Unavailable(SHED))
-                continue
-            if job.timing is not None:
-                job.timing.add("queue", now - job.queued)
-            jobs.append(job)
-            rows += len(job.x)
-        return jobs
-
     def _flush(self) -> None:
         self._scheduled = False
-        jobs = self._take()
+        jobs = _take(self._pending, self.max_rows, self.max_wait_s)
         if not jobs:
             self._schedule()
             return
-        x = jobs[0].x if len(jobs) == 1 else np.concatenate([job.x for job in jobs])
-        if x.size > self.inline_values:
+        if sum(job.x.size for job in jobs) > self.inline_values:
             self._busy = True
-            self._running = asyncio.get_running_loop().create_task(self._on_thread(jobs, x))
+            self._running = asyncio.get_running_loop().create_task(self._on_thread(jobs))
             return
-        self._finish(jobs, x, lambda: self.run(x))
+        started = time.perf_counter()
+        _hand_out(jobs, _run(self.run, jobs), time.perf_counter() - started)
         self._schedule()
 
-    async def _on_thread(self, jobs: list[_Job], x: np.ndarray) -> None:
+    async def _on_thread(self, jobs: list[_Job]) -> None:
         try:
             started = time.perf_counter()
-            out: np.ndarray | BaseException
-            try:
-                out = await anyio.to_thread.run_sync(self.run, x, limiter=self._limiter)
-            except Exception as e:
-                out = e
-            self._finish(jobs, x, lambda: out, started)
+            out = await anyio.to_thread.run_sync(_run, self.run, jobs, limiter=self._limiter)
+            _hand_out(jobs, out, time.perf_counter() - started)
         finally:
             self._busy = False
             self._running = None
             self._schedule()
-
-    @staticmethod
-    def _finish(
-        jobs: list[_Job], x: np.ndarray, result: Callable[[], np.ndarray | BaseException], started: float | None = None
-    ) -> None:
-        """Hand each job its rows of the output (or the call's error)."""
-        started = time.perf_counter() if started is None else started
-        try:
-            out = result()
-        except Exception as e:
-            out = e
-        took = time.perf_counter() - started
-        if isinstance(out, BaseException):
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(out)
-            return
-        start = 0
-        for job in jobs:
-            end = start + len(job.x)
-            if job.timing is not None:
-                job.timing.add("run", took)
-            if not job.future.done():
-                job.future.set_result(out[start:end])
-            start = end

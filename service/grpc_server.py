@@ -206,7 +206,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             return future.result(left if left is not None and left < NO_DEADLINE_S else None)
         except concurrent.futures.TimeoutError:
             future.cancel()  # the coroutine is cancelled on the loop
-            raise DeadlineExceeded("the call's deadline passed before its answer") from None
+            raise self._late(None) from None
 
     def _wait(self, context: grpc.ServicerContext) -> float | None:
         """How long a call may wait for its answer: TINYSERVE_REQUEST_TIMEOUT or the client's deadline, if sooner."""
@@ -214,6 +214,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return min((t for t in (self.request_timeout, left) if t is not None and t < NO_DEADLINE_S), default=None)
 
     def _late(self, wait: float | None) -> DeadlineExceeded:
+        """The refusal of a call whose answer did not come within `wait` s (the client's deadline when it is not
+        TINYSERVE_REQUEST_TIMEOUT)."""
         if wait != self.request_timeout:
             return DeadlineExceeded("the call's deadline passed before its answer")
         return DeadlineExceeded(

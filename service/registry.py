@@ -6,8 +6,9 @@ request that took a model keeps it to the end while the registry moves on (see s
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,24 +65,23 @@ class ServedModel:
     async def infer(self, x: np.ndarray, timing: Timing | None = None) -> np.ndarray:
         """x, checked by the caller against the model's input and rule -> the model's output rows."""
         timing = timing if timing is not None else Timing()
-        started = time.perf_counter()
-        ok = False
-        try:
-            out = self._checked(await self.batcher(x, timing))
-            ok = True
-            return out
-        finally:
-            self.stats.record(time.perf_counter() - started, timing, ok=ok)
+        with self._recorded(timing):
+            return self._checked(await self.batcher(x, timing))
 
     def infer_blocking(self, x: np.ndarray, timing: Timing | None = None, timeout: float | None = None) -> np.ndarray:
         """The same from a thread that is not the event loop's (Batcher.run_blocking)."""
         timing = timing if timing is not None else Timing()
+        with self._recorded(timing):
+            return self._checked(self.batcher.run_blocking(x, timing, timeout))
+
+    @contextlib.contextmanager
+    def _recorded(self, timing: Timing) -> Iterator[None]:
+        """The request's outcome and time in the model's statistics."""
         started = time.perf_counter()
         ok = False
         try:
-            out = self._checked(self.batcher.run_blocking(x, timing, timeout))
+            yield
             ok = True
-            return out
         finally:
             self.stats.record(time.perf_counter() - started, timing, ok=ok)
 
