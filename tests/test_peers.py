@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks import peers
+from benchmarks.grpc_cases import grpc_load
 from benchmarks.server import Server
 
 FRAMEWORKS = [peer.name for peer in peers.PEERS if peer.name != "tinyserve" and not peer.floor]
@@ -55,6 +56,16 @@ def test_tinyserve_answers_in_the_benchmarks_forms(server: Server) -> None:
     """The typed route, V2 JSON, gRPC and V2 binary as the benchmark encodes and decodes them, on the shared server."""
     assert [form.name for form in peers.BY_NAME["tinyserve"].single] == ["typed JSON", "V2 JSON", "gRPC"]
     peers.check(peers.Running(peers.BY_NAME["tinyserve"], server.url, server.process, server.log, grpc=server.grpc))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("images", [1, 1024])
+def test_the_grpc_load_s_encoded_message_is_served(server: Server, images: int) -> None:
+    """The gRPC load sends one message encoded before the load, through a method without serializers: every call
+    answered (a wrong method or message would count errors), as many as asked, over several connections."""
+    result = grpc_load(server.grpc, images, 4, 12, warm_up=4)
+    assert (result["requests"], result["errors"], result["warm_up"]) == (12, 0, 4)
+    assert result["images_per_s"] == pytest.approx(result["rps"] * images)
 
 
 @pytest.mark.timeout(240)

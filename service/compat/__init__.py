@@ -7,7 +7,6 @@ time, idle connections, the file limit). Nothing else in the service touches a p
 BentoML 1.4, its circus arbiter and uvicorn offer no public way to do these things a serving system needs:
 
 1. One listening socket per worker (SO_REUSEPORT), so that connections spread over the workers.
-   One listening socket per worker (SO_REUSEPORT), so that connections spread over the workers.
 
    BentoML's server process binds one socket and every worker accepts from it. The worker that wakes first
    takes every pending connection (its event loop accepts until the queue is empty), so a client that opens
@@ -32,7 +31,6 @@ BentoML 1.4, its circus arbiter and uvicorn offer no public way to do these thin
    `TINYSERVE_REUSE_PORT=false`, BentoML's shared socket is left as it is.
 
 2. Prompt TCP acknowledgements while a request body is read.
-   Prompt TCP acknowledgements while a request body is read.
 
    A client that keeps Nagle's algorithm on (Triton's `tritonclient.http` does) holds the last, partial
    segment of a large body until everything sent before it is acknowledged. On a kept-alive connection
