@@ -5,7 +5,8 @@ FastAPI app runs in this environment (FastAPI, uvicorn and orjson are among tiny
 so it is always checked. The others need their own virtualenvs (.venv-peers/, ~2 GB, installed by
 `make bench-peers` or `make peers`, not by `make test`): each is checked where it is installed and skipped
 otherwise, with the reason. All six take about a minute on 2 cores; Ray Serve's start is the longest.
-BentoML's floor (a service that does no work) runs in this environment too: it answers its fixed body.
+BentoML's floor (a service that does no work) runs in this environment too: it answers its fixed body; and
+FastAPI's handler on BentoML (the least a LeNet service on it does) answers as ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -96,5 +97,15 @@ def test_bentoml_s_floor_answers_its_fixed_body_and_leaves_the_rest_to_bentoml(t
             answer = client.post(running.url + "/predict", content=body, headers=headers)
             assert answer.status_code == 200 and answer.json() == {"logits": [[0.0] * 10]}
             assert client.post(running.url + "/ping", json={}).text == "pong"  # BentoML's own route, past it
+    finally:
+        running.stop()
+
+
+@pytest.mark.timeout(120)
+def test_fastapi_s_handler_on_bentoml_answers_as_onnx_runtime(tmp_path: Path) -> None:
+    """BentoML's least LeNet service (no checks, no batching): its answers, single and bulk, are ONNX Runtime's."""
+    running = peers.start(peers.BY_NAME["bentoml_lean"], tmp_path / "server.log")
+    try:
+        peers.check(running)
     finally:
         running.stop()

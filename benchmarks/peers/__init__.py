@@ -149,7 +149,8 @@ class Peer:
     single: tuple[Form, ...]  # one image a request; the first is the one the table leads with
     bulk: Form  # 1024 images a request, in the fastest form the framework documents
     env: Callable[[int, int, Path], dict[str, str]] = field(default=lambda port, workers, scratch: {})
-    floor: bool = False  # does no work (a fixed answer): a framework's own floor, not one of the frameworks
+    floor: bool = False  # BentoML's least (no checks, no batching): what tinyserve can reach, not a framework
+    fixed: bool = False  # answers a fixed body: nothing to compare with ONNX Runtime
 
     def pin(self) -> str:
         """The framework's line of its requirements.txt, e.g. "ray==2.60.0" ("" for tinyserve)."""
@@ -190,6 +191,13 @@ def _mlserver_env(port: int, workers: int, scratch: Path) -> dict[str, str]:
     }
 
 
+def _bentoml_serve(target: str) -> Command:
+    """`bentoml serve TARGET` on the port (the workers come from the service's config: PEER_WORKERS)."""
+    return lambda python, port, workers: [
+        *(_bin(python, "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port))
+    ]
+
+
 def _bentoml_env(port: int, workers: int, scratch: Path) -> dict[str, str]:
     return {"PEER_WORKERS": str(workers), "BENTOML_HOME": str(scratch / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
 
@@ -198,9 +206,7 @@ PEERS = (
     Peer(
         "tinyserve",
         "tinyserve",
-        lambda python, port, workers: [
-            *(_bin(python, "bentoml"), "serve", "service.app:TinyServe", "--host", "127.0.0.1", "--port", str(port))
-        ],
+        _bentoml_serve("service.app:TinyServe"),
         "/readyz",
         (
             Form("typed JSON", "/v1/lenet/predict", typed_json, json_field("probabilities"), probabilities=True),
@@ -269,9 +275,7 @@ PEERS = (
     Peer(
         "bentoml",
         "BentoML, stock",
-        lambda python, port, workers: [
-            *(_bin(python, "bentoml"), "serve", "service:LeNet", "--host", "127.0.0.1", "--port", str(port))
-        ],
+        _bentoml_serve("service:LeNet"),
         "/readyz",
         (Form("JSON", "/predict", bentoml_json, json_field(None)),),
         Form("JSON", "/predict", bentoml_json, json_field(None)),
@@ -280,12 +284,21 @@ PEERS = (
     Peer(
         "bentoml_floor",
         "BentoML's own floor (a fixed answer, no model)",
-        lambda python, port, workers: [
-            *(_bin(python, "bentoml"), "serve", "service:Floor", "--host", "127.0.0.1", "--port", str(port))
-        ],
+        _bentoml_serve("service:Floor"),
         "/readyz",
         (Form("JSON", "/predict", typed_json, json_field("logits")),),
         Form("none: no model", "/predict", typed_json, json_field("logits")),
+        _bentoml_env,
+        floor=True,
+        fixed=True,
+    ),
+    Peer(
+        "bentoml_lean",
+        "FastAPI's handler on BentoML (no checks)",
+        _bentoml_serve("service:Lean"),
+        "/readyz",
+        (Form("JSON", "/predict", typed_json, json_field("logits")),),
+        Form("JSON", "/predict", typed_json, json_field("logits")),
         _bentoml_env,
         floor=True,
     ),

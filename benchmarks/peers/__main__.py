@@ -55,7 +55,7 @@ def measure(peer: Peer, scratch: Path, seconds: float, workers: int) -> dict[str
     """One server, started afresh: checked, then timed case by case."""
     running = start(peer, scratch / f"{peer.name}.log", workers=workers)
     try:
-        if not peer.floor:  # the floor's answer is fixed: nothing to compare
+        if not peer.fixed:  # the floor's answer is fixed: nothing to compare
             check(running)
         result: dict[str, Any] = {"cold_start_s": running.cold_start_s, "rss_rest_mib": running.rss_mib()}
         one = np.load(DIGITS)[:1]
