@@ -407,6 +407,30 @@ def test_a_message_over_the_body_limit_is_resource_exhausted(door: Door) -> None
     client.close()
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_message_is_answered_and_one_that_inflates_past_the_limit_refused(
+    door: Door, algorithm: str
+) -> None:
+    """Triton's client compresses a request when asked: the same bits back. A message small on the wire is
+    measured as it inflates: past the body limit it is refused before it is whole, and the door serves on."""
+    client = triton.InferenceServerClient(door.address)
+    x = np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    plain = client.infer("lenet", [tensor], headers=dict(AUTH)).as_numpy("logits")
+    packed = client.infer("lenet", [tensor], headers=dict(AUTH), compression_algorithm=algorithm)
+    assert packed.as_numpy("logits").tobytes() == plain.tobytes()
+    zeros = np.zeros((300, 1, 32, 32), np.float32)  # 1.2 MB inflated, a few KB on the wire; the limit is 1 MiB
+    bomb = triton.InferInput("x", list(zeros.shape), "FP32")
+    bomb.set_data_from_numpy(zeros)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("lenet", [bomb], headers=dict(AUTH), compression_algorithm=algorithm)
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert str(caught.value.message()).startswith("Decompressed message larger than max"), caught.value.message()
+    assert client.infer("lenet", [tensor], headers=dict(AUTH)).as_numpy("logits").tobytes() == plain.tobytes()
+    client.close()
+
+
 def test_every_typed_error_has_its_grpc_code() -> None:
     import service.control  # noqa: F401  # its errors (409 for a load the mode refuses, ...) join the family
 
