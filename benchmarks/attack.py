@@ -389,6 +389,21 @@ def duplicate_outputs(target: Target, copies: int = 100) -> Outcome:
     return Outcome(f"V2 with {copies} copies of one output", "400", got, r.status_code == 400, r)
 
 
+def many_entries(target: Target, entries: int = 300_000) -> Outcome:
+    """V2: a few MB naming 300,000 outputs, or as many parameters: each would be an object to build and check
+    (~1.5 s of a worker's CPU); counted first, refused at once."""
+    base = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    bodies = {
+        "outputs": base | {"outputs": [{"name": "y"}] * entries},
+        "parameters": base | {"parameters": {f"p{i}": i for i in range(entries)}},
+    }
+    with target.client() as client:
+        answers = {what: client.post("/v2/models/linear/infer", json=body) for what, body in bodies.items()}
+    got = ", ".join(f"{what}: {r.status_code}" for what, r in answers.items())
+    held = all(r.status_code == 400 for r in answers.values())
+    return Outcome(f"V2 naming {entries:,} outputs, or parameters", "400 each", got, held, answers)
+
+
 CATALOGUE: list[Callable[[Target], Outcome]] = [
     metric_series,
     png_bomb,
@@ -407,6 +422,7 @@ CATALOGUE: list[Callable[[Target], Outcome]] = [
     security_headers,
     docs_pages,
     duplicate_outputs,
+    many_entries,
 ]
 
 

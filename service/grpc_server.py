@@ -146,6 +146,13 @@ def _typed(tensor: Any) -> np.ndarray | None:
 def to_v2(request: Any, raw: list[bytes]) -> tuple[tensors.InferenceRequest, memoryview]:
     """A ModelInferRequest (and its raw_input_contents, read once) as the V2 request the HTTP route decodes:
     raw contents become its binary part."""
+    tensors.count("the request", "parameters", request.parameters)  # as a JSON body's (tensors.check_counts)
+    for key, entries in (("inputs", request.inputs), ("outputs", request.outputs)):
+        tensors.count("the request", key, entries)
+        for i, entry in enumerate(entries):
+            where = tensors.tensor_named(key, entry.name, i)
+            tensors.count(where, "parameters", entry.parameters)
+            tensors.count(where, "dimensions in its shape", getattr(entry, "shape", ()))
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "

@@ -54,6 +54,7 @@ ONNX_TYPES = {
 
 
 TensorError = InvalidInput  # a malformed V2 request: answered 400 (INVALID_ARGUMENT) with its sentence
+MAX_ENTRIES = 64  # a request's inputs or outputs, one parameters map's entries, one shape's dimensions (numpy's most)
 
 # Per-output parameters served: raw bytes on HTTP, and the classification extension (top k as BYTES).
 OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
@@ -81,6 +82,38 @@ class InferenceRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(None, description="binary_data_output: true for raw bytes")
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
+
+
+def check_counts(data: Any) -> None:
+    """A parsed request's lists and maps counted before their entries are validated one by one.
+
+    The body limit bounds bytes, not objects: 16 MB of JSON can name a million outputs, or as many
+    parameters, each a Python object to build and check (~5 s of a worker's CPU to refuse), where 16 MB of
+    tensor data is ~0.5 s. No model needs more than MAX_ENTRIES of any of them. (gRPC counts its message's
+    fields the same way: service.grpc_server.to_v2.)
+    """
+    if not isinstance(data, dict):
+        return  # Pydantic says what is wrong with it
+    count("the request", "parameters", data.get("parameters"))
+    for key in ("inputs", "outputs"):
+        entries = data.get(key)
+        count("the request", key, entries)
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict):
+                where = tensor_named(key, entry.get("name"), i)
+                count(where, "parameters", entry.get("parameters"))
+                count(where, "dimensions in its shape", entry.get("shape"))
+
+
+def tensor_named(key: str, name: Any, index: int) -> str:
+    """ "input 'x'" (or "output #3" where the name is not a string), as a sentence names a request's tensor."""
+    return f"{key[:-1]} {echo(name) if isinstance(name, str) else f'#{index}'}"
+
+
+def count(where: str, what: str, entries: Any) -> None:
+    """TensorError if `entries` (a list, a map, or a protobuf's repeated field or map) has more than MAX_ENTRIES."""
+    if not isinstance(entries, str | bytes) and hasattr(entries, "__len__") and len(entries) > MAX_ENTRIES:
+        raise TensorError(f"{where} has {len(entries)} {what}; at most {MAX_ENTRIES} are accepted")
 
 
 def metadata(spec: TensorSpec) -> dict[str, Any]:

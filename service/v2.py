@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -190,8 +191,16 @@ async def decode_request(body: bytes, header_length: str | None) -> tuple[tensor
 
 
 def _parse(json_part: bytes) -> tensors.InferenceRequest:
+    """orjson, its lists and maps counted (tensors.check_counts), then Pydantic on the objects: faster than
+    Pydantic's own JSON parsing (24 against 31 us for one LeNet image, 10.9 against 13.0 ms for 256). What
+    orjson refuses goes to Pydantic, which words what is wrong with it."""
     try:
-        return tensors.InferenceRequest.model_validate_json(json_part)
+        try:
+            data = orjson.loads(json_part)
+        except orjson.JSONDecodeError:
+            return tensors.InferenceRequest.model_validate_json(json_part)
+        tensors.check_counts(data)
+        return tensors.InferenceRequest.model_validate(data)
     except ValidationError as e:
         raise InvalidInput(_explain(e)) from None
 

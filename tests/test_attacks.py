@@ -187,6 +187,14 @@ def test_an_unknown_field_name_of_5_mb_is_not_echoed_whole(target: Target) -> No
     assert r.json()["error"] == f"{name}... (5242880 characters): unknown field (this endpoint takes only x)"
 
 
+def test_a_request_naming_300000_outputs_or_parameters_is_refused_by_their_count(target: Target) -> None:
+    answers = attack.many_entries(target).seen
+    assert {what: (r.status_code, r.json()["error"]) for what, r in answers.items()} == {
+        "outputs": (400, "the request has 300000 outputs; at most 64 are accepted"),
+        "parameters": (400, "the request has 300000 parameters; at most 64 are accepted"),
+    }
+
+
 # --- slow and idle clients ------------------------------------------------------------------------------
 
 

@@ -407,6 +407,31 @@ def test_a_message_over_the_body_limit_is_resource_exhausted(door: Door) -> None
     client.close()
 
 
+def test_lists_and_maps_are_counted_before_their_entries_are_read(door: Door) -> None:
+    """As a JSON body's: 100,000 outputs in 1 MB are refused by their count, before any is looked up."""
+
+    def request(outputs: int = 0, parameters: int = 0, dims: int = 2, input_parameters: int = 0) -> Any:
+        request = _grpc_request("linear", {"inputs": [_tensor([1] * dims, [1.0])]})
+        for i in range(outputs):
+            request.outputs.add(name=f"y{i}")
+        for i in range(parameters):
+            request.parameters[f"p{i}"].int64_param = i
+        for i in range(input_parameters):
+            request.inputs[0].parameters[f"p{i}"].int64_param = i
+        return request
+
+    cases = {
+        "the request has 100000 outputs; at most 64 are accepted": request(outputs=100_000),
+        "the request has 65 parameters; at most 64 are accepted": request(parameters=65),
+        "input 'x' has 65 parameters; at most 64 are accepted": request(input_parameters=65),
+        "input 'x' has 65 dimensions in its shape; at most 64 are accepted": request(dims=65),
+    }
+    for sentence, refused in cases.items():
+        assert _refusal(door.stub.ModelInfer, refused) == (grpc.StatusCode.INVALID_ARGUMENT, sentence)
+    answer = door.stub.ModelInfer(request(parameters=64, input_parameters=64), metadata=AUTH, timeout=30)
+    assert answer.outputs[0].name == "y"  # 64 of each: unknown parameters, ignored as before
+
+
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_a_compressed_message_is_answered_and_one_that_inflates_past_the_limit_refused(
     door: Door, algorithm: str

@@ -61,11 +61,32 @@ def test_a_boolean_among_numbers_is_refused_not_read_as_one(client: TestClient) 
 
 def test_v2_refuses_an_output_asked_twice(client: TestClient) -> None:
     body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}]}
-    twice = body | {"outputs": [{"name": "probability"}] * 4000}
+    twice = body | {"outputs": [{"name": "probability"}] * 2}
     r = client.post("/v2/models/blobs/infer", json=twice)
     assert (r.status_code, r.json()["error"]) == (400, "output 'probability' is requested twice; name each output once")
+    many = body | {"outputs": [{"name": "probability"}] * 4000}  # counted before any is looked at
+    r = client.post("/v2/models/blobs/infer", json=many)
+    assert (r.status_code, r.json()["error"]) == (400, "the request has 4000 outputs; at most 64 are accepted")
     once = client.post("/v2/models/blobs/infer", json=body | {"outputs": [{"name": "probability"}]}).json()
     assert [o["name"] for o in once["outputs"]] == ["probability"]
+
+
+def test_v2_counts_a_request_s_lists_and_maps_before_reading_their_entries(client: TestClient) -> None:
+    tensor = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}
+    many = {f"p{i}": i for i in range(65)}
+    cases = {
+        "the request has 65 parameters; at most 64 are accepted": {"inputs": [tensor], "parameters": many},
+        "the request has 65 inputs; at most 64 are accepted": {"inputs": [tensor] * 65},
+        "input 'x' has 65 parameters; at most 64 are accepted": {"inputs": [tensor | {"parameters": many}]},
+        "input #0 has 65 dimensions in its shape; at most 64 are accepted": {"inputs": [{"shape": [1] * 65}]},
+        "output 'probability' has 65 parameters; at most 64 are accepted": {
+            "inputs": [tensor],
+            "outputs": [{"name": "probability", "parameters": many}],
+        },
+    }
+    for sentence, body in cases.items():
+        r = client.post("/v2/models/blobs/infer", json=body)
+        assert (r.status_code, r.json()["error"]) == (400, sentence)
 
 
 def test_an_unknown_name_is_echoed_cut_short(client: TestClient) -> None:
