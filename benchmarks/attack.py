@@ -404,6 +404,23 @@ def many_entries(target: Target, entries: int = 300_000) -> Outcome:
     return Outcome(f"V2 naming {entries:,} outputs, or parameters", "400 each", got, held, answers)
 
 
+def typed_objects(target: Target, entries: int = 1_000_000) -> Outcome:
+    """Typed routes: 3 MB of empty lists, 11 MB of unknown fields (each a Python object to build and check:
+    2-7 s of a worker's CPU on its event loop to refuse); counted on the bytes, refused unparsed."""
+    bodies = {
+        "lists": b'{"x": [' + b"[]," * (entries - 1) + b"[]]}",
+        "fields": json.dumps({"x": [[1.0, 2.0, 3.0]]} | {f"a{i}": 1 for i in range(entries)}).encode(),
+    }
+    with target.client() as client:
+        answers = {
+            what: client.post("/v1/multilinear/predict", content=body, headers={"Content-Type": "application/json"})
+            for what, body in bodies.items()
+        }
+    got = ", ".join(f"{what}: {r.status_code}" for what, r in answers.items())
+    held = all(r.status_code == 400 for r in answers.values())
+    return Outcome(f"typed JSON of {entries:,} lists, or fields", "400 each", got, held, answers)
+
+
 CATALOGUE: list[Callable[[Target], Outcome]] = [
     metric_series,
     png_bomb,
@@ -423,6 +440,7 @@ CATALOGUE: list[Callable[[Target], Outcome]] = [
     docs_pages,
     duplicate_outputs,
     many_entries,
+    typed_objects,
 ]
 
 

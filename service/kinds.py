@@ -5,6 +5,16 @@ the OpenAPI document shows and the error sentences come from, and into the fast 
 takes: the body parsed once (orjson), checked as whole arrays (shape, finite, the card's range), never
 as a Python object per number. Only a body the fast path refuses goes through Pydantic, which then says
 exactly what is wrong (or, for the rare body only Pydantic accepts, builds the same array).
+
+Pydantic checks every entry of a list and keeps every error before it says a list is too long: a 2 MB
+body of a million empty lists cost 2 s of a worker's CPU to refuse, 11 MB of a million unknown fields 6 s.
+And a JSON parser builds a Python object for every list and string: 16 MB of "[]," is 5 million lists,
+~3 s of orjson alone. So a body's lists, strings and objects are counted on its bytes (~9 us for a LeNet
+image: a body over LARGE_BODY before it is parsed, a smaller one only once the fast path refused it), and a
+body with more than a valid one can hold is refused unparsed; one with more than MAX_FIELDS fields is
+refused by their count; and a refused body over EVERY_ERROR_BODY is checked by the same model with each
+list stopped at its first error (Pydantic's FailFast: the first error of each list, not its first three).
+The data plane parses bodies over LARGE_BODY on a thread.
 """
 
 from __future__ import annotations
@@ -15,13 +25,18 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJsonSchema, create_model
+from pydantic import AfterValidator, BaseModel, FailFast, Field, ValidationError, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
 import recognition
 from modelrepo import MAX_IMAGES, MAX_ROWS, ModelCard, ModelKind, softmax
-from service.errors import InvalidInput
+from service.errors import InvalidInput, echo
 from service.schemas import Reply, Request
+
+LARGE_BODY = 64 * 1024  # bytes: past it, a body is parsed off the event loop, its lists counted before parsing
+EVERY_ERROR_BODY = 16 * 1024  # bytes: up to it, a refusal names up to three errors; past it, each list's first
+MAX_FIELDS = 16  # a request object's fields: each typed route takes one
+SLACK = 64  # lists, strings and objects past a valid body's, left for Pydantic to name what is wrong with them
 
 
 @dataclass(frozen=True)
@@ -38,14 +53,22 @@ class Contract:
     max_rows: int = MAX_ROWS
     logits: bool = False  # a classifier's output is logits: the answer's probabilities are their softmax
     recognition: ModelCard | None = None  # the card, when it has a rule for "not any of my classes"
+    fail_fast: type[Request] | None = None  # `request` with each list checked up to its first error
+    max_lists: int = 1  # JSON lists a valid body holds at most: the field's, and one per row (and per image row)
 
     def parse(self, body: bytes) -> np.ndarray:
         """The model's input array from a request body, or InvalidInput with Pydantic's exact sentences."""
+        large = len(body) > LARGE_BODY
+        if large:  # counted before orjson builds its objects; a small body only once the fast path refused it
+            self._count(body)
         fast = self._fast(body)
         if fast is not None:
             return fast
+        if not large:
+            self._count(body)
+        request = self.fail_fast if self.fail_fast is not None and len(body) > EVERY_ERROR_BODY else self.request
         try:
-            parsed = self.request.model_validate_json(body or b"{}")  # an empty body is an empty object
+            parsed = request.model_validate_json(body or b"{}")  # an empty body is an empty object
         except ValidationError as e:
             raise InvalidInput(_explain(e)) from None
         rows = getattr(parsed, self.field)
@@ -59,6 +82,11 @@ class Contract:
             return None
         try:
             data = orjson.loads(body)
+            if type(data) is dict and len(data) > MAX_FIELDS:
+                raise InvalidInput(
+                    f"the request has {len(data)} fields; this endpoint takes only {self.field} "
+                    f"(fields {', '.join(echo(str(k), 20) for k in list(data)[:3])}, ...)"
+                )
             if type(data) is not dict or len(data) != 1 or self.field not in data:
                 return None
             values = np.asarray(data[self.field])
@@ -71,6 +99,16 @@ class Contract:
         if not low <= values.min() <= values.max() <= high:  # NaN fails every comparison; the range is finite
             return None
         return self._to_input(values)
+
+    def _count(self, body: bytes) -> None:
+        """Refuse, before parsing, a body with far more lists, strings or objects than a valid one (each would be
+        a Python object to build); bytes inside strings count too, which only refuses sooner what is refused."""
+        lists, strings, objects = body.count(b"["), body.count(b'"') // 2, body.count(b"{")
+        lists_ok = f"{self.max_lists} list" + ("s" if self.max_lists > 1 else "")
+        valid = f"a valid one has at most {lists_ok}, 1 object and 1 string (the field name {self.field})"
+        for count, what, most in ((lists, "lists", self.max_lists), (strings, "strings", 1), (objects, "objects", 1)):
+            if count > most + SLACK:
+                raise InvalidInput(f"request body has {count} JSON {what}; {valid}")
 
     def _fits(self, shape: tuple[int, ...]) -> bool:
         if not shape or not 1 <= shape[0] <= self.max_rows:
@@ -143,25 +181,48 @@ def _title(name: str) -> str:
 def contract(card: ModelCard) -> Contract:
     """The typed route of the model the card describes (ModelRepositoryError if the card fits no kind)."""
     kind = card.kind
+    row_shape = tuple(card.inputs[0].shape[1:])
+    sizes = (row_shape[-1], card.padded_side) if card.padded_side else (row_shape[-1],)
+    labels = ", ".join(card.labels or ())
+    return Contract(
+        kind=kind,
+        field="images" if kind is ModelKind.IMAGE else "x",
+        request=_request(card, sizes),
+        response=_response(kind, _title(card.name), labels, recognises="recognition" in card.extra),
+        row_shape=row_shape,
+        value_range=card.inputs[0].value_range,
+        sizes=sizes if kind is ModelKind.IMAGE else (),
+        max_rows=kind.max_rows,
+        logits=card.logits,
+        recognition=recognition.checked(card),
+        fail_fast=_request(card, sizes, fail_fast=True),
+        max_lists=1 + kind.max_rows * (1 + max(sizes) if kind is ModelKind.IMAGE else int(row_shape != (1,))),
+    )
+
+
+def _request(card: ModelCard, sizes: tuple[int, ...], *, fail_fast: bool = False) -> type[Request]:
+    """The typed request of the card's model; with `fail_fast`, each list checked up to its first error only."""
     spec = card.inputs[0]
     low, high = spec.value_range
     number = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=low, le=high)]
     row_shape = tuple(spec.shape[1:])
     title = _title(card.name)
-    labels = ", ".join(card.labels or ())
-    if kind is ModelKind.IMAGE:
-        side = row_shape[-1]
-        sizes = (side, card.padded_side) if card.padded_side else (side,)
-        image = Annotated[
-            list[Annotated[list[number], Field(min_length=min(sizes), max_length=max(sizes))]],
+    stop = (FailFast(),) if fail_fast else ()
+
+    def listed(item: Any, *metadata: Any) -> Any:
+        return Annotated[(list[item], *stop, *metadata)] if metadata or stop else list[item]
+
+    if card.kind is ModelKind.IMAGE:
+        image = listed(
+            listed(number, Field(min_length=min(sizes), max_length=max(sizes))),
             Field(min_length=min(sizes), max_length=max(sizes)),
             AfterValidator(_square_image(sizes)),
             WithJsonSchema({"anyOf": [_square_schema(s, low, high) for s in sizes]}),
-        ]
+        )
         shown = " or ".join(f"{s}x{s}" for s in sizes)
-        example = card.extra.get("examples") or [_stroke(side, low, high)]
+        example = card.extra.get("examples") or [_stroke(row_shape[-1], low, high)]
         field: tuple[Any, Any] = (
-            list[image],
+            listed(image),
             Field(
                 min_length=1,
                 max_length=MAX_IMAGES,
@@ -173,10 +234,10 @@ def contract(card: ModelCard) -> Contract:
         request: type[Request] = create_model(f"{title}Request", __base__=Request, images=field)
     else:
         features = row_shape[0]
-        row: Any = number if features == 1 else Annotated[list[number], Field(min_length=features, max_length=features)]
+        row: Any = number if features == 1 else listed(number, Field(min_length=features, max_length=features))
         what = "one value per row" if features == 1 else f"rows of {features} features"
         field = (
-            list[row],
+            listed(row),
             Field(
                 min_length=1,
                 max_length=MAX_ROWS,
@@ -186,18 +247,7 @@ def contract(card: ModelCard) -> Contract:
         )
         request = create_model(f"{title}Request", __base__=Request, x=field)  # type: ignore[arg-type,misc]
     request.__doc__ = card.description
-    return Contract(
-        kind=kind,
-        field="images" if kind is ModelKind.IMAGE else "x",
-        request=request,
-        response=_response(kind, title, labels, recognises="recognition" in card.extra),
-        row_shape=row_shape,
-        value_range=(low, high),
-        sizes=sizes if kind is ModelKind.IMAGE else (),
-        max_rows=kind.max_rows,
-        logits=card.logits,
-        recognition=recognition.checked(card),
-    )
+    return request
 
 
 def _example(card: ModelCard, features: int) -> list[Any]:

@@ -195,6 +195,15 @@ def test_a_request_naming_300000_outputs_or_parameters_is_refused_by_their_count
     }
 
 
+def test_typed_bodies_of_a_million_lists_or_fields_are_refused_by_their_count(target: Target) -> None:
+    answers = attack.typed_objects(target).seen
+    valid = "a valid one has at most 4097 lists, 1 object and 1 string (the field name x)"
+    assert {what: (r.status_code, r.json()["error"]) for what, r in answers.items()} == {
+        "lists": (400, f"request body has 1000001 JSON lists; {valid}"),
+        "fields": (400, f"request body has 1000001 JSON strings; {valid}"),
+    }
+
+
 # --- slow and idle clients ------------------------------------------------------------------------------
 
 

@@ -189,3 +189,58 @@ def test_a_number_written_as_a_string_or_an_object_is_refused_as_pydantic_words_
     with pytest.raises(InvalidInput) as refused:
         CONTRACTS[name].parse(json.dumps(body).encode())
     assert str(refused.value) == sentence
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "sentence"),
+    [
+        (
+            "multilinear",
+            b'{"x": [' + b"[]," * 1_000_000 + b"[]]}",  # 3 MB: a list each 3 bytes
+            "request body has 1000002 JSON lists; a valid one has at most 4097 lists, 1 object and 1 string "
+            "(the field name x)",
+        ),
+        (
+            "lenet",
+            b'{"images": [' + b"{}," * 100_000 + b"{}]}",
+            "request body has 100002 JSON objects; a valid one has at most 8449 lists, 1 object and 1 string "
+            "(the field name images)",
+        ),
+        (
+            "linear",
+            json.dumps({"x": ["a"] * 100_000}).encode(),
+            "request body has 100001 JSON strings; a valid one has at most 1 list, 1 object and 1 string "
+            "(the field name x)",
+        ),
+        (
+            "linear",
+            json.dumps({"x": [1.0]} | {f"a{i}": 1 for i in range(20)}).encode(),
+            "the request has 21 fields; this endpoint takes only x (fields 'x', 'a0', 'a1', ...)",
+        ),
+    ],
+)
+def test_a_body_with_far_more_lists_strings_objects_or_fields_than_a_valid_one_is_refused_unparsed(
+    name: str, body: bytes, sentence: str
+) -> None:
+    """Each would be a Python object to build and check: a million empty lists cost 2 s of CPU to refuse."""
+    with pytest.raises(InvalidInput) as refused:
+        CONTRACTS[name].parse(body)
+    assert str(refused.value) == sentence
+
+
+def test_a_large_refused_body_is_told_each_list_s_first_error_a_small_one_its_first_three() -> None:
+    """Past 16 KiB Pydantic stops each list at its first error: an error is an object too (1-2 us each)."""
+    contract = CONTRACTS["lenet"]
+    small = json.dumps({"images": [[[2.0] * 32] * 32]}).encode()  # every pixel out of [0, 1]
+    large = json.dumps({"images": [[[2.0] * 32] * 32] * 4}).encode()
+    assert len(small) < 16 * 1024 < len(large)
+    told = []
+    for body in (small, large):
+        with pytest.raises(InvalidInput) as refused:
+            contract.parse(body)
+        told.append(str(refused.value))
+    over = "expected a number at most 1, got 2.0"
+    assert told == [
+        f"images[0][0][0]: {over}; images[0][0][1]: {over}; images[0][0][2]: {over}; and 1021 more errors",
+        f"images[0][0][0]: {over}",
+    ]
