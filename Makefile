@@ -128,7 +128,7 @@ $(PEER_VENVS)/%/.installed: benchmarks/peers/%/requirements.txt
 
 peers: $(foreach p,$(PEERS),$(PEER_VENVS)/$(p)/.installed)  ## install the frameworks of bench-peers into .venv-peers/ (~2 GB)
 
-bench-peers: $(VENV)/.all peers  ## tinyserve against FastAPI, LitServe, MLServer, KServe, Ray Serve, BentoML (3 rounds, ~15 min)
+bench-peers: $(VENV)/.all peers  ## tinyserve against FastAPI, LitServe, MLServer, KServe, Ray Serve, BentoML and BentoML's floors (3 rounds, ~17 min)
 	$(BIN)/python -m benchmarks.peers $(ARGS)
 
 fuzz: $(VENV)/.all  ## the long fuzz run: schemathesis and the V2 fuzzer, 400 cases per route (>= 2,800 in all)
