@@ -288,6 +288,27 @@ def chunked_bodies(target: Target, connections: int = 16, each: int = 8 * 2**20)
     return Outcome(f"{connections} chunked bodies of {each // 2**20} MiB", "429 past the budget", got, held, refused)
 
 
+def repository_bodies(target: Target, size: int = 200 * 2**20) -> Outcome:
+    """Triton's repository calls with a 200 MB body, declared and chunked: read whole before any limit, they
+    once grew the worker by the body's size (a few at once: the pod's memory limit)."""
+    statuses, before = [], target.rss()
+    for framing in ("declared", "chunked"):
+        headers = {"Content-Type": "application/json"}
+        headers |= {"Content-Length": str(size)} if framing == "declared" else {"Transfer-Encoding": "chunked"}
+        piece = b" " * 2**20
+        with closing(connect(target)) as sock:
+            sock.sendall(request_head(target, "POST", "/v2/repository/index", headers))
+            try:
+                for _ in range(size // len(piece)):
+                    sock.sendall(piece if framing == "declared" else b"%x\r\n%s\r\n" % (len(piece), piece))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused while sending: its answer is waiting
+            statuses.append(status_of(read_until_closed(sock)))
+    grown = (target.rss() - before) / 2**20
+    got = f"{statuses}" + (f", workers +{grown:.0f} MiB" if target.pid else "")
+    return Outcome("repository calls of 200 MB", "413, no growth", got, statuses == [413, 413] and grown < 50, statuses)
+
+
 def big_bodies(target: Target, bodies: int = 4, images: int = 1240) -> Outcome:
     """A worker's whole body budget of JSON at once (4 x 16 MB, parsed, then refused for too many images):
     the workers' growth and the longest /livez wait meanwhile, what the manifests' memory and probes allow."""
@@ -431,6 +452,7 @@ CATALOGUE: list[Callable[[Target], Outcome]] = [
     huge_header,
     slow_bodies,
     chunked_bodies,
+    repository_bodies,
     big_bodies,
     unknown_field,
     content_length_spaces,

@@ -46,6 +46,8 @@ logger = logging.getLogger("bentoml.tinyserve")
 PREDICT_ROUTE = re.compile(r"^/v1/[^/]+/predict$")
 INFER_ROUTE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 UPLOAD_ROUTE = re.compile(r"^/v1/[^/]+/predict-image$")
+REPOSITORY_ROUTE = re.compile(r"^/v2/repository/")  # Triton's repository calls: a small JSON body, any content type
+REPOSITORY_BODY_BYTES = 64 * 1024  # a version policy; read whole within the body timeout, as a model request's
 # What stays open when TINYSERVE_API_TOKEN is set: the probes an orchestrator calls, and the pages' static
 # files: the playground's and the API docs' (code and the OpenAPI document, no data: both pages ask for the
 # token, and Authorize needs the document). Everything else, model cards and metadata included, needs the
@@ -154,6 +156,9 @@ class GuardMiddleware:
         if scope["method"] == "GET" and path == "/":
             await _respond(send, 200, openapi.DOCS_PAGE, [], content_type=b"text/html; charset=utf-8")
             return
+        if scope["method"] == "POST" and REPOSITORY_ROUTE.match(path):
+            await self._repository_call(scope, receive, send)
+            return
         accepts = next((types for route, types in ACCEPTS.items() if route.match(path)), None)
         if scope["method"] != "POST" or accepts is None:
             await self.app(scope, receive, _enveloping(send, method, path))
@@ -186,6 +191,25 @@ class GuardMiddleware:
                 return
             with self.admission.slot():
                 await self._answer(scope, _replay(body, receive), _enveloping(send, "POST", scope["path"]), send)
+        finally:
+            self.body_bytes -= held[0]
+
+    async def _repository_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Its body read whole and bounded (REPOSITORY_BODY_BYTES) before the route: it once read any size whole."""
+        raw = _header(scope, b"content-length")
+        declared = raw.strip(RFC_SPACE) if raw is not None else b""
+        if declared.isdigit() and int(declared) > REPOSITORY_BODY_BYTES:
+            await _respond(send, 413, envelope(_repository_too_large(declared.decode())), [])
+            return
+        if self.body_bytes + REPOSITORY_BODY_BYTES > self.max_body_bytes_in_flight:  # no slot: an operator's call
+            metrics.REFUSED.labels(status="429").inc()
+            await _respond(send, 429, envelope(self._bytes_busy()), [(b"retry-after", b"1")])
+            return
+        held = [0]
+        try:
+            body = await self._read_body(receive, send, held, REPOSITORY_BODY_BYTES)
+            if body is not None:
+                await self.app(scope, _replay(body, receive), _enveloping(send, "POST", scope["path"]))
         finally:
             self.body_bytes -= held[0]
 
@@ -228,7 +252,7 @@ class GuardMiddleware:
     def _too_large(self, got: str) -> str:
         return f"request body too large: {got} bytes, the limit is {self.max_body_bytes} (TINYSERVE_MAX_BODY_BYTES)"
 
-    async def _read_body(self, receive: Receive, send: Send, held: list[int]) -> bytes | None:
+    async def _read_body(self, receive: Receive, send: Send, held: list[int], limit: int = 0) -> bytes | None:
         """The whole body, or None once refused (413, 429, 408) or the client left.
 
         Its bytes count against the budget as they arrive: a Content-Length reserved up front would let a
@@ -243,8 +267,10 @@ class GuardMiddleware:
                         return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > self.max_body_bytes:
-                        await _respond(send, 413, envelope(self._too_large(f"more than {self.max_body_bytes}")), [])
+                    if size > (limit or self.max_body_bytes):
+                        over = f"more than {limit or self.max_body_bytes}"
+                        too_large = _repository_too_large(over) if limit else self._too_large(over)
+                        await _respond(send, 413, envelope(too_large), [])
                         return None
                     if self.body_bytes + len(chunk) > self.max_body_bytes_in_flight:
                         metrics.REFUSED.labels(status="429").inc()
@@ -288,6 +314,10 @@ class GuardMiddleware:
         if late:
             message = f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
             await _respond(refuse, 504, envelope(message), [])
+
+
+def _repository_too_large(got: str) -> str:
+    return f"request body too large: {got} bytes, the limit for a repository call is {REPOSITORY_BODY_BYTES}"
 
 
 def _unauthorised() -> Refusal:

@@ -256,6 +256,17 @@ def test_held_chunked_bodies_are_bounded_by_the_workers_budget(target: Target) -
 # --- headers and routes ---------------------------------------------------------------------------------
 
 
+def test_repository_calls_read_at_most_64_kib_of_body(target: Target) -> None:
+    assert attack.repository_bodies(target).seen == [413, 413]  # declared: at once; chunked: past 64 KiB
+    with target.client() as client:
+        r = client.post("/v2/repository/index", content=b" " * (64 * 1024 + 1))
+        assert (r.status_code, r.json()["error"]) == (
+            413,
+            "request body too large: 65537 bytes, the limit for a repository call is 65536",
+        )
+        assert client.post("/v2/repository/index", content=b'{"ready": true}').status_code == 200
+
+
 def test_content_length_with_spaces_is_read_per_rfc(target: Target) -> None:
     raw = attack.content_length_spaces(target).seen
     assert attack.status_of(raw) == 200 and attack.body_of(raw)["model"] == "linear"
