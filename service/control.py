@@ -118,18 +118,23 @@ class Controller:
 
     async def _watch(self) -> None:
         stamp = self.files.stamp()
+        # Followed once before any change: a state written between start()'s read and this stamp never looks
+        # changed, and the worker (started with the server, or restarted) served the old one until the next.
+        changed = True
         next_scan = time.monotonic() + self.poll_seconds
         while True:
-            await asyncio.sleep(WATCH_S)
             try:
                 if self.mode == "poll" and time.monotonic() >= next_scan:
                     await anyio.to_thread.run_sync(self._rescan)
                     next_scan = time.monotonic() + self.poll_seconds
                 if (now := self.files.stamp()) != stamp:
-                    stamp = now
+                    stamp, changed = now, True
+                if changed:
+                    changed = False
                     await self.follow()
             except Exception:  # a bad moment on the shared directory must not stop the worker following
                 logger.exception("following the model repository state")
+            await asyncio.sleep(WATCH_S)
 
     # -- applying the state
     async def follow(self) -> None:

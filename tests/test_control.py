@@ -227,7 +227,16 @@ def test_poll_mode_serves_a_published_signed_version_on_every_worker(tmp_path: P
         metadata = httpx.get(f"{server.url}/v2/models/linear", timeout=30).json()
         assert (metadata["versions"], metadata["version_policy"]) == ([version], {"latest": {"num_versions": 1}})
         corrupt = publish(root, "linear", corrupt=True, signing_key=private)
-        reports = _reports(control, until=lambda r: json.loads((control / "state.json").read_text())["failures"])
+
+        def failure_applied(r: dict[int, dict[str, object]]) -> bool:  # by every worker: any may answer the GET
+            state = json.loads((control / "state.json").read_text())
+            return (
+                bool(state["failures"])
+                and len(r) == 2
+                and all(w["generation"] == state["generation"] for w in r.values())
+            )
+
+        reports = _reports(control, until=failure_applied)
         assert all(w["served"] == {"linear": [version]} for w in reports.values())  # the bad one never served
         failure = httpx.get(f"{server.url}/v2/models/linear", timeout=30).json()["load_failure"]
         assert failure.startswith(f"version {corrupt} of 'linear' was not loaded: ") and "sha256 mismatch" in failure

@@ -6,6 +6,7 @@ made once per process: the real servers, with several workers, are tests/test_co
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -251,3 +252,28 @@ def test_a_reader_listing_the_reports_never_opens_one_half_written(
     assert [report["generation"] for report in seen] == [1]  # the old report, whole; never the one being written
     assert [report.generation for report in files.reports()] == [2]
     assert sorted(path.name for path in files.workers.iterdir()) == [f"{os.getpid()}.json"]  # no temporary file left
+
+
+def test_a_worker_that_starts_while_another_moves_the_state_follows_it(root: Path) -> None:
+    """The state written between a worker's start and the first look of its watch never looks changed: the worker
+    has to follow it at once (it served the old state until the next change, in a test of poll mode for 2 min)."""
+    control = {"models_dir": root, "control_dir": root.parent / "control", "model_control": "explicit"}
+    settings = Settings.model_validate(control)
+    first, second = (Controller(settings, RUNTIME, Batching(), Registry()) for _ in range(2))
+    first.start(modelrepo.discover(root))
+    second.start(modelrepo.discover(root))  # reads generation 1
+    version = publish(root, "linear")
+    with first.files.lock():  # the first worker moves the state before the second one watches
+        first.files.write(first.state.moved(models=first.state.models | {"linear": [version]}))
+
+    async def watched() -> list[str]:
+        second.watch()
+        for _ in range(300):  # the watch looks every 0.1 s
+            if second.registry.versions("linear") == [version]:
+                break
+            await asyncio.sleep(0.05)
+        assert second._task is not None
+        second._task.cancel()
+        return second.registry.versions("linear")
+
+    assert asyncio.run(watched()) == [version]
