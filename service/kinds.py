@@ -54,7 +54,6 @@ class Contract:
     logits: bool = False  # a classifier's output is logits: the answer's probabilities are their softmax
     recognition: ModelCard | None = None  # the card, when it has a rule for "not any of my classes"
     fail_fast: type[Request] | None = None  # `request` with each list checked up to its first error
-    max_lists: int = 1  # JSON lists a valid body holds at most: the field's, and one per row (and per image row)
 
     def parse(self, body: bytes) -> np.ndarray:
         """The model's input array from a request body, or InvalidInput with Pydantic's exact sentences."""
@@ -99,6 +98,12 @@ class Contract:
         if not low <= values.min() <= values.max() <= high:  # NaN fails every comparison; the range is finite
             return None
         return self._to_input(values)
+
+    @property
+    def max_lists(self) -> int:
+        """JSON lists a valid body holds at most: the field's, and one per row (and per row of a picture)."""
+        per_row = 1 + max(self.sizes) if self.kind is ModelKind.IMAGE else int(self.row_shape != (1,))
+        return 1 + self.max_rows * per_row
 
     def _count(self, body: bytes) -> None:
         """Refuse, before parsing, a body with far more lists, strings or objects than a valid one (each would be
@@ -196,7 +201,6 @@ def contract(card: ModelCard) -> Contract:
         logits=card.logits,
         recognition=recognition.checked(card),
         fail_fast=_request(card, sizes, fail_fast=True),
-        max_lists=1 + kind.max_rows * (1 + max(sizes) if kind is ModelKind.IMAGE else int(row_shape != (1,))),
     )
 
 

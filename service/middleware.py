@@ -199,7 +199,7 @@ class GuardMiddleware:
         raw = _header(scope, b"content-length")
         declared = raw.strip(RFC_SPACE) if raw is not None else b""
         if declared.isdigit() and int(declared) > REPOSITORY_BODY_BYTES:
-            await _respond(send, 413, envelope(_repository_too_large(declared.decode())), [])
+            await _respond(send, 413, envelope(self._too_large(declared.decode(), REPOSITORY_BODY_BYTES)), [])
             return
         if self.body_bytes + REPOSITORY_BODY_BYTES > self.max_body_bytes_in_flight:  # no slot: an operator's call
             metrics.REFUSED.labels(status="429").inc()
@@ -249,7 +249,10 @@ class GuardMiddleware:
             return None, (413, envelope(self._too_large(value.decode())), [])
         return int(value), None
 
-    def _too_large(self, got: str) -> str:
+    def _too_large(self, got: str, limit: int = 0) -> str:
+        """413's sentence: past TINYSERVE_MAX_BODY_BYTES, or past `limit` (a repository call's)."""
+        if limit:
+            return f"request body too large: {got} bytes, the limit for a repository call is {limit}"
         return f"request body too large: {got} bytes, the limit is {self.max_body_bytes} (TINYSERVE_MAX_BODY_BYTES)"
 
     async def _read_body(self, receive: Receive, send: Send, held: list[int], limit: int = 0) -> bytes | None:
@@ -269,8 +272,7 @@ class GuardMiddleware:
                     size += len(chunk)
                     if size > (limit or self.max_body_bytes):
                         over = f"more than {limit or self.max_body_bytes}"
-                        too_large = _repository_too_large(over) if limit else self._too_large(over)
-                        await _respond(send, 413, envelope(too_large), [])
+                        await _respond(send, 413, envelope(self._too_large(over, limit)), [])
                         return None
                     if self.body_bytes + len(chunk) > self.max_body_bytes_in_flight:
                         metrics.REFUSED.labels(status="429").inc()
@@ -314,10 +316,6 @@ class GuardMiddleware:
         if late:
             message = f"no answer within {self.request_timeout:g} s (TINYSERVE_REQUEST_TIMEOUT); it was dropped"
             await _respond(refuse, 504, envelope(message), [])
-
-
-def _repository_too_large(got: str) -> str:
-    return f"request body too large: {got} bytes, the limit for a repository call is {REPOSITORY_BODY_BYTES}"
 
 
 def _unauthorised() -> Refusal:

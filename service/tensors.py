@@ -106,7 +106,7 @@ def check_counts(data: Any) -> None:
 
 
 def tensor_named(key: str, name: Any, index: int) -> str:
-    """ "input 'x'" (or "output #3" where the name is not a string), as a sentence names a request's tensor."""
+    """How a sentence names a request's tensor: "input 'x'", or "output #3" where its name is not a string."""
     return f"{key[:-1]} {echo(name) if isinstance(name, str) else f'#{index}'}"
 
 

@@ -151,6 +151,7 @@ class Peer:
     env: Callable[[int, int, Path], dict[str, str]] = field(default=lambda port, workers, scratch: {})
     floor: bool = False  # BentoML's least (no checks, no batching): what tinyserve can reach, not a framework
     fixed: bool = False  # answers a fixed body: nothing to compare with ONNX Runtime
+    home: str = ""  # its folder under benchmarks/peers/, where not its name (the floors share one)
 
     def pin(self) -> str:
         """The framework's line of its requirements.txt, e.g. "ray==2.60.0" ("" for tinyserve)."""
@@ -165,7 +166,7 @@ class Peer:
 
     @property
     def folder(self) -> Path:
-        return REPO if self.name == "tinyserve" else HERE / self.name
+        return REPO if self.name == "tinyserve" else HERE / (self.home or self.name)
 
     @property
     def python(self) -> Path:
@@ -301,6 +302,7 @@ PEERS = (
         Form("JSON", "/predict", typed_json, json_field("logits")),
         _bentoml_env,
         floor=True,
+        home="bentoml_floor",
     ),
 )
 BY_NAME = {peer.name: peer for peer in PEERS}
